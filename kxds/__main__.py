@@ -1,0 +1,5 @@
+"""Allow `python -m kxds`."""
+
+from kxds.cli import main
+
+raise SystemExit(main())

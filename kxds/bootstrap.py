@@ -1,0 +1,127 @@
+"""An Envoy bootstrap equivalent to Kourier's (knative-ingress-contract.md §13), pointed at kxds."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import yaml
+
+from kxds.settings import DEFAULT_NODE_CLUSTER, DEFAULT_NODE_ID
+
+# The admin paths Kourier's stats listener exposes (GET), plus POST /drain_listeners.
+_STATS_PATHS = "/(certs|stats(/prometheus)?|server_info|clusters|listeners|ready)?"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"invalid address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_ID, stats_port: int = 0) -> dict[str, Any]:
+    xds_host, xds_port = split_address(xds_address)
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    clusters = [
+        {
+            "name": "service_stats",
+            "type": "STATIC",
+            "connect_timeout": "0.25s",
+            "load_assignment": _assignment("service_stats", "127.0.0.1", admin_port),
+        },
+        {
+            "name": "xds_cluster",
+            "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+            "connect_timeout": "1s",
+            "load_assignment": _assignment("xds_cluster", xds_host, xds_port),
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {
+                        "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                    },
+                }
+            },
+        },
+    ]
+    config: dict[str, Any] = {
+        "node": {"id": node_id, "cluster": DEFAULT_NODE_CLUSTER},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "rate_limit_settings": {},
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {"listeners": [_stats_listener(stats_port)] if stats_port else [], "clusters": clusters},
+        "admin": {
+            "address": _socket("127.0.0.1", admin_port),
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.stdout",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"},
+                }
+            ],
+        },
+    }
+    return config
+
+
+def render_bootstrap(*args: Any, **kwargs: Any) -> str:
+    return yaml.safe_dump(bootstrap(*args, **kwargs), sort_keys=False)
+
+
+def _assignment(name: str, host: str, port: int) -> dict[str, Any]:
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}]}
+
+
+def _stats_listener(port: int) -> dict[str, Any]:
+    def route(regex: str, method: str) -> dict[str, Any]:
+        return {
+            "match": {
+                "safe_regex": {"regex": regex},
+                "headers": [{"name": ":method", "string_match": {"exact": method}}],
+            },
+            "route": {"cluster": "service_stats"},
+        }
+
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "stats_server",
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "admin_interface",
+                    "domains": ["*"],
+                    "routes": [route(_STATS_PATHS, "GET"), route("/drain_listeners", "POST")],
+                }
+            ]
+        },
+    }
+    return {
+        "name": "stats_listener",
+        "address": {"socket_address": {"address": "::", "port_value": port, "ipv4_compat": True}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
+    }

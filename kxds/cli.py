@@ -1,0 +1,144 @@
+"""The `kxds` command. Every flag can also be set with a KXDS_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, Ports, Settings
+
+
+def _env_name(flag: str) -> str:
+    return "KXDS_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """An option whose default comes from KXDS_<FLAG>, so it is satisfied by the environment too."""
+    env = os.environ.get(_env_name(flag))
+    if env is not None:
+        kwargs["default"] = env
+        kwargs["required"] = False
+    kwargs["help"] = f"{kwargs.get('help', '')} [env {_env_name(flag)}]".strip()
+    parser.add_argument(flag, **kwargs)
+
+
+def _gateway_flags(parser: argparse.ArgumentParser) -> None:
+    ports = Ports()
+    _flag(parser, "--listen-address", default="0.0.0.0", help="address the gateway listeners bind")
+    for name in ("external-http", "internal-http", "probe-http", "external-https", "internal-https", "probe-https"):
+        attribute = name.replace("-", "_")
+        _flag(parser, f"--{name}-port", type=int, default=getattr(ports, attribute), help=f"gateway {name.replace('-', ' ')} port")
+    _flag(parser, "--ingress-class", default=DEFAULT_INGRESS_CLASS, help="serve only Ingresses of this class")
+    _flag(parser, "--system-namespace", default=os.environ.get("SYSTEM_NAMESPACE", "knative-serving"), help="namespace of config-kourier and config-network")
+
+
+def _source_flag(parser: argparse.ArgumentParser, *, required: bool = True, default: str | None = None) -> None:
+    _flag(parser, "--source", type=Path, required=required, default=default, help="directory of Kubernetes YAML/JSON documents")
+
+
+def _log_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kxds", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve Envoy configuration for Knative Ingresses over ADS")
+    _source_flag(serve)
+    _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
+    _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
+    _gateway_flags(serve)
+    _log_flag(serve)
+
+    boot = commands.add_parser("bootstrap", help="print an Envoy bootstrap (YAML) that connects to kxds")
+    _flag(boot, "--xds-address", required=True, help="HOST:PORT of the kxds ADS server")
+    _flag(boot, "--admin-port", type=int, required=True, help="port of the gateway's own admin (on 127.0.0.1)")
+    _flag(boot, "--node-id", default=DEFAULT_NODE_ID, help="Envoy node id")
+    _flag(boot, "--stats-port", type=int, default=0, help="Kourier's stats listener port (9000 there); 0 leaves it out")
+
+    render = commands.add_parser("render", help="print the resources that would be served, as JSON")
+    _source_flag(render)
+    _gateway_flags(render)
+
+    run = commands.add_parser("run", help="the demo: control plane, sample backends and a real Envoy together")
+    _source_flag(run, required=False, default=str(Path("examples")))
+    _flag(run, "--xds-address", default="127.0.0.1:18000", help="gRPC ADS address")
+    _flag(run, "--admin-address", default="127.0.0.1:9090", help="kxds admin HTTP address")
+    _flag(run, "--envoy-admin-port", type=int, default=9901, help="Envoy admin port")
+    _flag(run, "--echo-ports", default="8001,8002", help="comma-separated ports for sample backends ('' for none)")
+    _gateway_flags(run)
+    _log_flag(run)
+
+    echo = commands.add_parser("echo", help="run the sample backend that describes every request as JSON")
+    _flag(echo, "--port", type=int, required=True, help="port to listen on")
+    _flag(echo, "--host", default="127.0.0.1", help="address to listen on")
+    _flag(echo, "--name", default="", help="name reported in responses (default echo-PORT)")
+    return parser
+
+
+def _as_int(value: Any) -> int:
+    return int(value)
+
+
+def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    return GatewaySettings(
+        listen_address=args.listen_address,
+        ports=Ports(
+            external_http=_as_int(args.external_http_port),
+            internal_http=_as_int(args.internal_http_port),
+            probe_http=_as_int(args.probe_http_port),
+            external_https=_as_int(args.external_https_port),
+            internal_https=_as_int(args.internal_https_port),
+            probe_https=_as_int(args.probe_https_port),
+        ),
+        http_option_disabled="KOURIER_HTTPOPTION_DISABLED" in os.environ,
+    )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        source_dir=Path(args.source),
+        xds_address=args.xds_address,
+        admin_address=args.admin_address,
+        ingress_class=args.ingress_class,
+        system_namespace=args.system_namespace,
+        gateway=gateway_settings(args),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from kxds.logs import configure_logging
+
+    configure_logging(getattr(args, "log_level", "warning") or "info")
+    match args.command:
+        case "serve":
+            from kxds.app import serve
+
+            asyncio.run(serve(settings_from(args)))
+        case "bootstrap":
+            from kxds.bootstrap import render_bootstrap
+
+            sys.stdout.write(render_bootstrap(args.xds_address, _as_int(args.admin_port), node_id=args.node_id, stats_port=_as_int(args.stats_port)))
+        case "render":
+            from kxds.render import render
+
+            json.dump(render(Path(args.source), gateway_settings(args), args.ingress_class, args.system_namespace), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        case "run":
+            from kxds.demo import run_demo
+
+            ports = [int(p) for p in str(args.echo_ports).split(",") if p.strip()]
+            return asyncio.run(run_demo(settings_from(args), envoy_admin_port=_as_int(args.envoy_admin_port), echo_ports=ports))
+        case "echo":
+            from kxds.echo import serve_echo
+
+            asyncio.run(serve_echo(args.host, _as_int(args.port), args.name))
+    return 0

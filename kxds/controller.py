@@ -1,0 +1,198 @@
+"""The pipeline's middle: object changes in, snapshots out, and each Ingress's readiness.
+
+Sources call `apply()`; bursts are coalesced into one rebuild that runs the pure translator in a
+worker thread (the gRPC streams keep running) and publishes the snapshot to the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from kxds.metrics import Metrics
+from kxds.model.config import KourierConfig, NetworkConfig
+from kxds.model.ingress import Ingress, RejectedIngress
+from kxds.model.objects import ObjectKey, Parsed
+from kxds.model.secret import Secret
+from kxds.model.service import EndpointSlice, Service
+from kxds.model.world import World
+from kxds.settings import GatewaySettings
+from kxds.translate.gateway import GatewayConfig, Outcome, translate
+from kxds.xds.fleet import Fleet
+from kxds.xds.snapshot import Snapshot, build_snapshot
+
+log = structlog.get_logger("kxds.controller")
+
+RECONCILE_FAILED = "ReconcileIngressFailed"
+NO_GATEWAY = "NoGatewayConnected"
+UNINITIALIZED = "Uninitialized"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngressStatus:
+    namespace: str
+    name: str
+    ready: bool
+    reason: str
+    message: str
+    hash: str
+    hosts: tuple[str, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "ready": self.ready,
+            "reason": self.reason,
+            "message": self.message,
+            "hash": self.hash,
+            "hosts": list(self.hosts),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """An Ingress as of the snapshot that first carried its current translation."""
+
+    hash: str
+    outcome: Outcome
+    since_serial: int
+
+
+def build_world(objects: Iterable[Parsed]) -> World:
+    ingresses: list[Ingress] = []
+    services: dict[str, Service] = {}
+    slices: dict[str, list[EndpointSlice]] = {}
+    secrets: dict[str, Secret] = {}
+    kourier, network = KourierConfig(), NetworkConfig()
+    for obj in objects:
+        match obj:
+            case Ingress():
+                ingresses.append(obj)
+            case Service():
+                services[obj.key] = obj
+            case EndpointSlice():
+                slices.setdefault(f"{obj.namespace}/{obj.service_name}", []).append(obj)
+            case Secret():
+                secrets[obj.key] = obj
+            case KourierConfig():
+                kourier = obj
+            case NetworkConfig():
+                network = obj
+    return World(
+        ingresses=tuple(sorted(ingresses, key=lambda i: i.key)),
+        services=services,
+        endpoint_slices={k: tuple(sorted(v, key=lambda s: s.name)) for k, v in slices.items()},
+        secrets=secrets,
+        kourier=kourier,
+        network=network,
+    )
+
+
+class Controller:
+    def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.05) -> None:
+        self._fleet = fleet
+        self._gateway = gateway
+        self._metrics = metrics
+        self._debounce = debounce_seconds
+        self._objects: dict[ObjectKey, Parsed] = {}
+        self._served: dict[str, _Served] = {}
+        self._serial = fleet.snapshot.serial
+        self._dirty = asyncio.Event()
+        self.primed = False
+        self.config = GatewayConfig()
+
+    @property
+    def objects(self) -> Mapping[ObjectKey, Parsed]:
+        return self._objects
+
+    def apply(self, upserts: Mapping[ObjectKey, Parsed], deletes: Iterable[ObjectKey] = ()) -> None:
+        self._objects.update(upserts)
+        for key in deletes:
+            self._objects.pop(key, None)
+        self._dirty.set()
+
+    async def rebuild(self) -> Snapshot:
+        """Translate the current objects and publish the result to every gateway."""
+        self._dirty.clear()
+        started = time.perf_counter()
+        world = build_world(self._objects.values())
+        rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
+        self._serial += 1
+        config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial)
+        elapsed = time.perf_counter() - started
+        self._metrics.build_seconds.observe(elapsed)
+        self.config = config
+        self._track(world.ingresses, rejected, config, snapshot.serial)
+        self._fleet.publish(snapshot)
+        for problem in (*world.kourier.problems, *world.network.problems):
+            log.warning("config.invalid", problem=problem)
+        log.info(
+            "snapshot.built",
+            serial=snapshot.serial,
+            ingresses=len(world.ingresses),
+            clusters=len(config.clusters),
+            seconds=round(elapsed, 4),
+        )
+        self.primed = True
+        return snapshot
+
+    async def run(self) -> None:
+        """Rebuild whenever objects changed, coalescing bursts that arrive within the debounce."""
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self._debounce)
+            await self.rebuild()
+
+    def _track(self, ingresses: Iterable[Ingress], rejected: Iterable[RejectedIngress], config: GatewayConfig, serial: int) -> None:
+        served: dict[str, _Served] = {}
+        for ingress in ingresses:
+            outcome = config.outcomes[ingress.key]
+            before = self._served.get(ingress.key)
+            if before is not None and before.hash == ingress.hash and before.outcome == outcome:
+                served[ingress.key] = before
+            else:
+                served[ingress.key] = _Served(ingress.hash, outcome, serial)
+                if not outcome.programmed:
+                    log.warning("ingress.not_programmed", ingress=ingress.key, reason=outcome.reason, message=outcome.message)
+        for bad in rejected:
+            before = self._served.get(bad.key)
+            if before is None or before.hash != bad.hash:
+                log.error("ingress.rejected", ingress=bad.key, error=str(bad.error))
+            served[bad.key] = _Served(bad.hash, Outcome(programmed=False, reason=RECONCILE_FAILED, message=str(bad.error)), serial)
+        self._served = served
+
+    def statuses(self) -> list[IngressStatus]:
+        """Readiness of every Ingress of our class, as /ingresses reports it."""
+        out = []
+        for obj in self._objects.values():
+            if not isinstance(obj, (Ingress, RejectedIngress)):
+                continue
+            served = self._served.get(obj.key)
+            hosts = tuple(sorted(obj.hosts)) if isinstance(obj, Ingress) else ()
+            ready, reason, message = self._readiness(served, obj.hash)
+            out.append(IngressStatus(namespace=obj.namespace, name=obj.name, ready=ready, reason=reason, message=message, hash=obj.hash, hosts=hosts))
+        out.sort(key=lambda s: (s.namespace, s.name))
+        self._metrics.ingresses.labels("true").set(sum(s.ready for s in out))
+        self._metrics.ingresses.labels("false").set(sum(not s.ready for s in out))
+        return out
+
+    def _readiness(self, served: _Served | None, current_hash: str) -> tuple[bool, str, str]:
+        if served is None or served.hash != current_hash:
+            return False, UNINITIALIZED, "Waiting for the configuration to be built"
+        if not served.outcome.programmed:
+            return False, served.outcome.reason, served.outcome.message
+        if not self._fleet.gateways:
+            return False, NO_GATEWAY, "No Envoy gateway is connected to kxds"
+        if not self._fleet.synced(served.since_serial):
+            return False, UNINITIALIZED, "Waiting for load balancer to be ready"
+        return True, "", ""
+
+
+def _translate(world: World, gateway: GatewaySettings, serial: int) -> tuple[GatewayConfig, Snapshot]:
+    config = translate(world, gateway)
+    return config, build_snapshot(config, serial)

@@ -1,0 +1,51 @@
+"""`kxds run`: the control plane, sample backends and a real Envoy together, for trying kxds out."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from kxds.app import running, wait_for_signal
+from kxds.bootstrap import render_bootstrap
+from kxds.echo import serve_echo
+from kxds.envoy_process import start_envoy
+from kxds.model.ingress import Ingress, Visibility
+from kxds.settings import Settings
+
+
+async def run_demo(settings: Settings, *, envoy_admin_port: int, echo_ports: list[int]) -> int:
+    stop = asyncio.Event()
+    backends = [asyncio.create_task(serve_echo("127.0.0.1", port, f"echo-{port}", stop)) for port in echo_ports]
+    async with running(settings) as plane:
+        workdir = Path(tempfile.mkdtemp(prefix="kxds-demo-"))
+        bootstrap = render_bootstrap(f"127.0.0.1:{plane.xds_port}", envoy_admin_port)
+        with open(workdir / "envoy.log", "wb") as envoy_log:
+            envoy = start_envoy(bootstrap, workdir, log=envoy_log)
+            try:
+                print(_instructions(plane.controller.objects.values(), settings, plane.admin_port, workdir), flush=True)
+                await wait_for_signal()
+            finally:
+                envoy.terminate()
+                await asyncio.to_thread(envoy.wait)
+    stop.set()
+    await asyncio.gather(*backends, return_exceptions=True)
+    return 0
+
+
+def _instructions(objects: object, settings: Settings, admin_port: int, workdir: Path) -> str:
+    ports = settings.gateway.ports
+    lines = ["", "kxds demo is running: control plane, sample backends and Envoy.", "Try:"]
+    for obj in objects:  # type: ignore[attr-defined]
+        if not isinstance(obj, Ingress):
+            continue
+        for rule in obj.rules:
+            port = ports.external_http if rule.visibility is Visibility.EXTERNAL_IP else ports.internal_http
+            for host in rule.hosts[:1]:
+                lines.append(f"  curl -s -H 'Host: {host}' http://127.0.0.1:{port}/   # {rule.visibility} rule of {obj.key}")
+    lines += [
+        f"  curl -s http://127.0.0.1:{admin_port}/ingresses   # readiness of every Ingress",
+        f"Edit the files under {settings.source_dir}/ and the change reaches Envoy live. Envoy's log: {workdir}/envoy.log",
+        "Stop with Ctrl-C.",
+    ]
+    return "\n".join(lines)

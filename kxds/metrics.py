@@ -1,0 +1,24 @@
+"""Prometheus metrics, on a registry owned by the composition root (no import-time globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.responses = Counter("kxds_xds_responses", "xDS responses sent", ["type"], registry=r)
+        self.acks = Counter("kxds_xds_acks", "xDS responses acknowledged by a gateway", ["type"], registry=r)
+        self.nacks = Counter("kxds_xds_nacks", "xDS responses rejected by a gateway", ["type"], registry=r)
+        self.stale = Counter("kxds_xds_stale_nonces", "xDS requests ignored for a stale nonce", ["type"], registry=r)
+        self.gateways = Gauge("kxds_connected_gateways", "Envoy gateways with an open ADS stream", registry=r)
+        self.build_seconds = Histogram(
+            "kxds_snapshot_build_seconds",
+            "Time to translate the world and build a snapshot",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.ingresses = Gauge("kxds_ingresses", "Ingresses of our class by readiness", ["ready"], registry=r)
+        self.rejected_objects = Counter("kxds_rejected_objects", "Source documents rejected", ["kind"], registry=r)

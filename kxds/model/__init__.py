@@ -1,0 +1,1 @@
+"""Frozen domain objects parsed once, at the boundary, from raw Kubernetes documents."""

@@ -1,0 +1,335 @@
+"""Knative Ingress (networking.internal.knative.dev/v1alpha1): parsing, defaults and validation.
+
+Defaults and validation follow knative.dev/networking ingress_defaults.go and
+ingress_validation.go; checks that keep Envoy from rejecting the translation are added on top.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kxds.model import fields
+from kxds.model.errors import FieldError, InvalidObject
+from kxds.model.probe_hash import probe_hash
+
+API_VERSION = "networking.internal.knative.dev/v1alpha1"
+CLASS_ANNOTATION = "networking.knative.dev/ingress.class"
+DISABLE_HTTP2_ANNOTATION = "kourier.knative.dev/disable-http2"
+
+
+class Visibility(enum.StrEnum):
+    EXTERNAL_IP = "ExternalIP"
+    CLUSTER_LOCAL = "ClusterLocal"
+
+
+class HTTPOption(enum.StrEnum):
+    ENABLED = "Enabled"
+    REDIRECTED = "Redirected"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Split:
+    service_namespace: str
+    service_name: str
+    service_port: int | str
+    percent: int
+    append_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Path:
+    path: str = ""
+    rewrite_host: str = ""
+    # Header name → exact value; an empty value means "header present" (Kourier's reading).
+    headers: tuple[tuple[str, str], ...] = ()
+    splits: tuple[Split, ...]
+    append_headers: tuple[tuple[str, str], ...] = ()
+    # Removed from the API in Knative 0.26 but still found in old objects: honoured as the route timeout.
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    hosts: tuple[str, ...]
+    visibility: Visibility
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLS:
+    hosts: tuple[str, ...]
+    secret_name: str
+    secret_namespace: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ingress:
+    namespace: str
+    name: str
+    generation: int
+    creation_timestamp: str
+    rules: tuple[Rule, ...]
+    tls: tuple[TLS, ...] = ()
+    http_option: HTTPOption = HTTPOption.ENABLED
+    disable_http2: bool = False
+    hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(h for rule in self.rules for h in rule.hosts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectedIngress:
+    """An Ingress of our class that failed validation: reported, never served."""
+
+    namespace: str
+    name: str
+    generation: int
+    hash: str
+    error: InvalidObject = field(compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def ingress_class(raw: Mapping[str, Any]) -> str | None:
+    metadata = raw.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    value = annotations.get(CLASS_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
+    """Default, validate and type one Ingress document (its class is checked by the caller)."""
+    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), Mapping) else {}
+    namespace = metadata.get("namespace") or "default"
+    name = metadata.get("name") or ""
+    generation = metadata.get("generation") if isinstance(metadata.get("generation"), int) else 0
+    raw_spec = raw.get("spec")
+    spec = apply_defaults(raw_spec if isinstance(raw_spec, Mapping) else {})
+    # The hash is taken over the defaulted spec before probe paths exist (knative ingress.go).
+    digest = probe_hash(spec, str(namespace), str(name))
+    try:
+        if not isinstance(namespace, str) or not isinstance(name, str) or not name:
+            raise FieldError("metadata.name", "missing or not a string")
+        return Ingress(
+            namespace=namespace,
+            name=name,
+            generation=generation,
+            creation_timestamp=fields.string(metadata.get("creationTimestamp"), "metadata.creationTimestamp"),
+            disable_http2=_annotation(metadata, DISABLE_HTTP2_ANNOTATION).lower() == "true",
+            hash=digest,
+            **_spec(raw_spec, namespace),
+        )
+    except FieldError as exc:
+        error = InvalidObject("Ingress", str(namespace), str(name), exc.field, exc.problem)
+        return RejectedIngress(namespace=str(namespace), name=str(name), generation=generation, hash=digest, error=error)
+
+
+def apply_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Knative's SetDefaults on a deep copy: rule visibility and a lone split's percent."""
+    out = copy.deepcopy(dict(spec))
+    for rule in out.get("rules") or []:
+        if not isinstance(rule, dict):
+            continue
+        if not rule.get("visibility"):
+            rule["visibility"] = Visibility.EXTERNAL_IP.value
+        http = rule.get("http")
+        for path in (http.get("paths") or []) if isinstance(http, dict) else []:
+            splits = path.get("splits") if isinstance(path, dict) else None
+            if isinstance(splits, list) and len(splits) == 1 and isinstance(splits[0], dict):
+                if not splits[0].get("percent"):
+                    splits[0]["percent"] = 100
+    return out
+
+
+def _annotation(metadata: Mapping[str, Any], key: str) -> str:
+    annotations = metadata.get("annotations")
+    value = annotations.get(key) if isinstance(annotations, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def _spec(raw: Any, namespace: str) -> dict[str, Any]:
+    if not raw:
+        raise FieldError("spec", "missing field")
+    spec = fields.mapping(raw, "spec")
+    rules = fields.sequence(spec.get("rules"), "spec.rules")
+    if not rules:
+        raise FieldError("spec.rules", "missing field")
+    option = fields.string(spec.get("httpOption"), "spec.httpOption")
+    if option not in ("", *HTTPOption):
+        raise FieldError("spec.httpOption", f"invalid value {option!r}: must be Enabled or Redirected")
+    return {
+        "rules": tuple(_rule(r, f"spec.rules[{i}]", namespace) for i, r in enumerate(rules)),
+        "tls": tuple(_tls(t, f"spec.tls[{i}]") for i, t in enumerate(fields.sequence(spec.get("tls"), "spec.tls"))),
+        "http_option": HTTPOption(option or HTTPOption.ENABLED),
+    }
+
+
+def _rule(raw: Any, at: str, namespace: str) -> Rule:
+    if not raw:
+        raise FieldError(at, "missing field")
+    rule = fields.mapping(raw, at)
+    hosts = tuple(_host(h, f"{at}.hosts[{i}]") for i, h in enumerate(fields.sequence(rule.get("hosts"), f"{at}.hosts")))
+    visibility = fields.string(rule.get("visibility"), f"{at}.visibility") or Visibility.EXTERNAL_IP
+    if visibility not in set(Visibility):
+        raise FieldError(f"{at}.visibility", f"invalid value {visibility!r}: must be ExternalIP or ClusterLocal")
+    if rule.get("http") is None:
+        raise FieldError(f"{at}.http", "missing field")
+    http = fields.mapping(rule["http"], f"{at}.http")
+    paths = fields.sequence(http.get("paths"), f"{at}.http.paths")
+    if not paths:
+        raise FieldError(f"{at}.http.paths", "missing field")
+    return Rule(
+        hosts=tuple(dict.fromkeys(hosts)),
+        visibility=Visibility(visibility),
+        paths=tuple(_path(p, f"{at}.http.paths[{j}]", namespace) for j, p in enumerate(paths)),
+    )
+
+
+# Hosts become Envoy vhost domains: keep to DNS characters (plus a leading wildcard label)
+# so nothing we emit can be refused by Envoy's domain validation.
+_HOST = re.compile(r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?$")
+
+
+def _host(raw: Any, at: str) -> str:
+    host = fields.string(raw, at).lower()
+    if not _HOST.match(host) or len(host) > 253:
+        raise FieldError(at, f"invalid host {raw!r}: must be a DNS name without port")
+    return host
+
+
+def _path(raw: Any, at: str, namespace: str) -> Path:
+    if not raw:
+        raise FieldError(at, "missing field")
+    path = fields.mapping(raw, at)
+    splits = fields.sequence(path.get("splits"), f"{at}.splits")
+    if not splits:
+        raise FieldError(f"{at}.splits", "missing field")
+    parsed = tuple(_split(s, f"{at}.splits[{k}]", namespace) for k, s in enumerate(splits))
+    total = sum(s.percent for s in parsed)
+    if total != 100 and not (len(parsed) == 1 and total == 0):
+        raise FieldError(f"{at}.splits", f"the percentages must add up to 100, got {total}")
+    if len(parsed) == 1 and parsed[0].percent == 0:
+        parsed = (_with_percent(parsed[0], 100),)
+    prefix = fields.string(path.get("path"), f"{at}.path")
+    _check_header_value(prefix, f"{at}.path")
+    rewrite = fields.string(path.get("rewriteHost"), f"{at}.rewriteHost")
+    if rewrite:
+        _host(rewrite, f"{at}.rewriteHost")
+    return Path(
+        path=prefix,
+        rewrite_host=rewrite,
+        headers=_header_matches(path.get("headers"), f"{at}.headers"),
+        splits=parsed,
+        append_headers=_added_headers(path.get("appendHeaders"), f"{at}.appendHeaders"),
+        timeout_seconds=_legacy_timeout(path.get("timeout"), f"{at}.timeout"),
+    )
+
+
+def _with_percent(split: Split, percent: int) -> Split:
+    return Split(
+        service_namespace=split.service_namespace,
+        service_name=split.service_name,
+        service_port=split.service_port,
+        percent=percent,
+        append_headers=split.append_headers,
+    )
+
+
+def _split(raw: Any, at: str, namespace: str) -> Split:
+    if not raw:
+        raise FieldError(at, "missing field")
+    split = fields.mapping(raw, at)
+    service_namespace = fields.string(split.get("serviceNamespace"), f"{at}.serviceNamespace")
+    if not service_namespace:
+        raise FieldError(f"{at}.serviceNamespace", "missing field")
+    if service_namespace != namespace:
+        raise FieldError(f"{at}.serviceNamespace", f"must equal the Ingress namespace {namespace!r}, got {service_namespace!r}")
+    service_name = fields.string(split.get("serviceName"), f"{at}.serviceName")
+    if not service_name:
+        raise FieldError(f"{at}.serviceName", "missing field")
+    port = fields.int_or_string(split.get("servicePort"), f"{at}.servicePort")
+    if port in (0, ""):
+        raise FieldError(f"{at}.servicePort", "missing field")
+    if isinstance(port, int) and not 0 < port < 65536:
+        raise FieldError(f"{at}.servicePort", f"invalid port {port}: must be 1-65535")
+    percent = fields.integer(split.get("percent"), f"{at}.percent")
+    if not 0 <= percent <= 100:
+        raise FieldError(f"{at}.percent", f"invalid value {percent}: must be between 0 and 100")
+    return Split(
+        service_namespace=service_namespace,
+        service_name=service_name,
+        service_port=port,
+        percent=percent,
+        append_headers=_added_headers(split.get("appendHeaders"), f"{at}.appendHeaders"),
+    )
+
+
+def _tls(raw: Any, at: str) -> TLS:
+    if not raw:
+        raise FieldError(at, "missing field")
+    tls = fields.mapping(raw, at)
+    secret_name = fields.string(tls.get("secretName"), f"{at}.secretName")
+    if not secret_name:
+        raise FieldError(f"{at}.secretName", "missing field")
+    secret_namespace = fields.string(tls.get("secretNamespace"), f"{at}.secretNamespace")
+    if not secret_namespace:
+        raise FieldError(f"{at}.secretNamespace", "missing field")
+    hosts = fields.sequence(tls.get("hosts"), f"{at}.hosts")
+    return TLS(
+        hosts=tuple(_host(h, f"{at}.hosts[{i}]") for i, h in enumerate(hosts)),
+        secret_name=secret_name,
+        secret_namespace=secret_namespace,
+    )
+
+
+# RFC 7230 token characters: what Envoy accepts as a header name.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_name(name: str, at: str) -> None:
+    if not _HEADER_NAME.match(name):
+        raise FieldError(at, f"invalid header name {name!r}")
+
+
+def _check_header_value(value: str, at: str) -> None:
+    if any(c in value for c in "\x00\r\n"):
+        raise FieldError(at, "must not contain NUL, CR or LF")
+
+
+def _header_matches(raw: Any, at: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for name, match in sorted(fields.mapping(raw, at).items()):
+        _header_name(str(name), f"{at}.{name}")
+        exact = fields.string(fields.mapping(match, f"{at}.{name}").get("exact"), f"{at}.{name}.exact")
+        _check_header_value(exact, f"{at}.{name}.exact")
+        out.append((str(name), exact))
+    return tuple(out)
+
+
+def _added_headers(raw: Any, at: str) -> tuple[tuple[str, str], ...]:
+    pairs = fields.string_map(raw, at)
+    for name, value in pairs:
+        _header_name(name, f"{at}.{name}")
+        # Envoy refuses to modify Host through request_headers_to_add (use rewriteHost).
+        if name.lower() == "host":
+            raise FieldError(f"{at}.{name}", "the Host header cannot be set; use rewriteHost")
+        _check_header_value(value, f"{at}.{name}")
+    return pairs
+
+
+def _legacy_timeout(raw: Any, at: str) -> float | None:
+    """The removed `timeout` field of old Ingresses, a Go duration such as "48h0m0s"."""
+    return None if raw is None else fields.go_duration(raw, at)

@@ -1,0 +1,44 @@
+"""Settings, parsed once in main() and passed down as frozen objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_INGRESS_CLASS = "kourier.ingress.networking.knative.dev"
+DEFAULT_NODE_ID = "3scale-kourier-gateway"
+DEFAULT_NODE_CLUSTER = "kourier-knative"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ports:
+    """Gateway listener ports, Kourier's by default."""
+
+    external_http: int = 8080
+    internal_http: int = 8081
+    probe_http: int = 8090
+    external_https: int = 8443
+    internal_https: int = 8444
+    probe_https: int = 9443
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    """What the translator needs to know about the gateways it configures."""
+
+    listen_address: str = "0.0.0.0"
+    ports: Ports = field(default_factory=Ports)
+    # KOURIER_HTTPOPTION_DISABLED: ignore `httpOption: Redirected` everywhere (OpenShift).
+    http_option_disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    source_dir: Path
+    xds_address: str = "0.0.0.0:18000"
+    admin_address: str = "127.0.0.1:9090"
+    ingress_class: str = DEFAULT_INGRESS_CLASS
+    system_namespace: str = "knative-serving"
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    # Coalesce bursts of changes (an editor saving several files) into one rebuild.
+    debounce_seconds: float = 0.05

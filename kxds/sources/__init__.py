@@ -1,0 +1,1 @@
+"""Sources turn the outside world into the same stream of object changes."""

@@ -1,0 +1,122 @@
+"""The file source: every *.yaml, *.yml and *.json under a directory, followed live.
+
+A file that fails to parse is reported and its previously good objects are kept; a document
+that is not a usable object is reported and, if it had a good version before, that is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+import watchfiles
+import yaml
+
+from kxds.model.errors import InvalidObject
+from kxds.model.objects import Filters, ObjectKey, Parsed, object_key, parse_object
+
+log = structlog.get_logger("kxds.sources.files")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+Sink = Callable[[Mapping[ObjectKey, Parsed], Iterable[ObjectKey]], None]
+
+
+def is_source_file(path: Path) -> bool:
+    # Editors' and kubectl's temporary files start with a dot or end with ~.
+    return path.suffix in SUFFIXES and not path.name.startswith(".")
+
+
+def read_documents(path: Path) -> list[Any]:
+    """All documents of a file; raises ValueError (with the file named) when it does not parse."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            value = json.loads(text)
+            return list(value) if isinstance(value, list) else [value]
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _unwrap(documents: list[Any]) -> list[Any]:
+    # `kubectl get -o yaml` writes a v1 List; accept its items as documents.
+    out = []
+    for doc in documents:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            out.extend(doc["items"])
+        else:
+            out.append(doc)
+    return out
+
+
+class FileSource:
+    def __init__(self, directory: Path, filters: Filters, sink: Sink, on_reject: Callable[[str], None] | None = None) -> None:
+        self.directory = directory
+        self._filters = filters
+        self._sink = sink
+        self._on_reject = on_reject or (lambda kind: None)
+        self._files: dict[Path, dict[ObjectKey, Parsed]] = {}
+        self._merged: dict[ObjectKey, Parsed] = {}
+
+    def load(self) -> None:
+        """Read everything once (before serving): the source's initial list."""
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"source directory {self.directory} does not exist")
+        for path in sorted(p for p in self.directory.rglob("*") if p.is_file() and is_source_file(p)):
+            self._read(path)
+        self._emit()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Follow creates, edits, deletes and renames until `stop` is set."""
+        async for changes in watchfiles.awatch(
+            self.directory, watch_filter=lambda _, p: is_source_file(Path(p)), stop_event=stop, debounce=50, step=20
+        ):
+            for _, changed in sorted(changes, key=lambda c: c[1]):
+                path = Path(changed)
+                if path.is_file():
+                    self._read(path)
+                elif self._files.pop(path, None) is not None:
+                    log.info("source.file_removed", file=str(path))
+            self._emit()
+
+    def _read(self, path: Path) -> None:
+        try:
+            documents = _unwrap(read_documents(path))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.error("source.file_invalid", file=str(path), error=str(exc), kept=len(self._files.get(path, {})))
+            self._on_reject("file")
+            return
+        previous = self._files.get(path, {})
+        objects: dict[ObjectKey, Parsed] = {}
+        for index, doc in enumerate(documents):
+            try:
+                parsed = parse_object(doc, self._filters)
+            except InvalidObject as exc:
+                key = object_key(doc) if isinstance(doc, dict) else None
+                kept = key is not None and key in previous
+                if kept and key is not None:
+                    objects[key] = previous[key]
+                log.error("object.rejected", file=str(path), document=index, error=str(exc), kept_previous=kept)
+                self._on_reject(exc.kind)
+                continue
+            if parsed is not None:
+                objects[parsed[0]] = parsed[1]
+        self._files[path] = objects
+
+    def _emit(self) -> None:
+        merged: dict[ObjectKey, Parsed] = {}
+        owner: dict[ObjectKey, Path] = {}
+        for path in sorted(self._files):
+            for key, obj in self._files[path].items():
+                if key in owner:
+                    log.warning("source.duplicate_object", object=str(key), file=str(path), overrides=str(owner[key]))
+                merged[key], owner[key] = obj, path
+        upserts = {k: v for k, v in merged.items() if self._merged.get(k) != v}
+        deletes = [k for k in self._merged if k not in merged]
+        self._merged = merged
+        if upserts or deletes:
+            self._sink(upserts, deletes)

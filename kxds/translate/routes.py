@@ -1,0 +1,132 @@
+"""Ingress rules → Envoy virtual hosts and routes (knative-ingress-contract.md §9.3, §10.4–§10.6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+
+from kxds.model.ingress import HTTPOption, Ingress, Path, Visibility
+from kxds.translate import names
+
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+@dataclass(frozen=True, slots=True)
+class IngressVirtualHosts:
+    external: tuple[rc.VirtualHost, ...]
+    internal: tuple[rc.VirtualHost, ...]
+    clusters: frozenset[str]  # every cluster a route of this Ingress names
+
+
+def with_probe_paths(paths: Iterable[Path], digest: str) -> list[Path]:
+    """Knative's InsertProbe: a copy of every path matching `K-Network-Hash: override`, prepended."""
+    originals = list(paths)
+    probes = [
+        replace(
+            p,
+            headers=tuple(sorted({**dict(p.headers), names.PROBE_HASH_HEADER: names.PROBE_OVERRIDE}.items())),
+            append_headers=tuple(sorted({**dict(p.append_headers), names.PROBE_HASH_HEADER: digest}.items())),
+        )
+        for p in originals
+    ]
+    return probes + originals
+
+
+def ingress_virtual_hosts(ingress: Ingress, *, redirects_disabled: bool = False) -> IngressVirtualHosts:
+    external: dict[str, list[rc.Route]] = {}
+    internal: dict[str, list[rc.Route]] = {}
+    clusters: set[str] = set()
+    redirect = ingress.http_option is HTTPOption.REDIRECTED and not redirects_disabled
+    for rule in ingress.rules:
+        hosts = rule.hosts or ("*",)
+        is_external = rule.visibility is Visibility.EXTERNAL_IP
+        routes = []
+        for path in with_probe_paths(rule.paths, ingress.hash):
+            name = names.route_name(ingress.key, hosts[0], path.path)
+            if redirect and is_external:
+                routes.append(_redirect_route(name, path))
+            else:
+                routes.append(_forward_route(name, path))
+                clusters.update(names.cluster_name(s.service_namespace, s.service_name) for s in path.splits)
+        for host in hosts:
+            internal.setdefault(host, []).extend(routes)
+            if is_external:
+                external.setdefault(host, []).extend(routes)
+    return IngressVirtualHosts(
+        external=tuple(_vhost(ingress.key, h, r) for h, r in sorted(external.items())),
+        internal=tuple(_vhost(ingress.key, h, r) for h, r in sorted(internal.items())),
+        clusters=frozenset(clusters),
+    )
+
+
+def _vhost(ingress_key: str, host: str, routes: list[rc.Route]) -> rc.VirtualHost:
+    # Longest prefix first; the sort is stable, so each probe copy stays ahead of its original.
+    ordered = sorted(routes, key=lambda r: -len(r.match.prefix))
+    # `host:*` matches an authority that carries a port, as gRPC clients send (envoy#886).
+    return rc.VirtualHost(name=names.vhost_name(ingress_key, host), domains=[host, f"{host}:*"], routes=ordered)
+
+
+def _match(path: Path) -> rc.RouteMatch:
+    headers = [
+        rc.HeaderMatcher(name=n, string_match=string_pb2.StringMatcher(exact=v))
+        if v
+        else rc.HeaderMatcher(name=n, present_match=True)
+        for n, v in path.headers
+    ]
+    return rc.RouteMatch(prefix=path.path or "/", headers=headers)
+
+
+def _header_options(pairs: Iterable[tuple[str, str]]) -> list[base_pb2.HeaderValueOption]:
+    # Knative's appendHeaders *set* the header: a client-sent value is replaced (serving#6366).
+    return [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=OVERWRITE) for k, v in pairs]
+
+
+def _forward_route(name: str, path: Path) -> rc.Route:
+    weighted = rc.WeightedCluster(
+        clusters=[
+            rc.WeightedCluster.ClusterWeight(
+                name=names.cluster_name(s.service_namespace, s.service_name),
+                weight=wrappers_pb2.UInt32Value(value=s.percent),
+                request_headers_to_add=_header_options(s.append_headers),
+            )
+            for s in path.splits
+        ]
+    )
+    # No timeout (0s disables Envoy's 15 s default) and no retry policy: conformance
+    # `timeout` and `retry` require both. A legacy per-path timeout is honoured.
+    timeout = duration_pb2.Duration()
+    if path.timeout_seconds:
+        timeout.FromNanoseconds(round(path.timeout_seconds * 1e9))
+    action = rc.RouteAction(
+        weighted_clusters=weighted,
+        timeout=timeout,
+        upgrade_configs=[rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))],
+    )
+    if path.rewrite_host:
+        action.host_rewrite_literal = path.rewrite_host
+    return rc.Route(name=name, match=_match(path), route=action, request_headers_to_add=_header_options(path.append_headers))
+
+
+def _redirect_route(name: str, path: Path) -> rc.Route:
+    return rc.Route(name=name, match=_match(path), redirect=rc.RedirectAction(https_redirect=True))
+
+
+def status_vhost() -> rc.VirtualHost:
+    """`internalkourier` /ready → Envoy admin: what the gateway's kubelet probes call."""
+    timeout = duration_pb2.Duration(seconds=1)
+    route = rc.Route(
+        name="gateway_ready",
+        match=rc.RouteMatch(prefix="/ready"),
+        route=rc.RouteAction(
+            weighted_clusters=rc.WeightedCluster(
+                clusters=[rc.WeightedCluster.ClusterWeight(name=names.STATS_CLUSTER, weight=wrappers_pb2.UInt32Value(value=100))]
+            ),
+            timeout=timeout,
+        ),
+    )
+    return rc.VirtualHost(name=names.STATUS_VHOST, domains=[names.STATUS_VHOST], routes=[route])

@@ -1,0 +1,108 @@
+"""The connected gateways and the snapshot they converge to; the I/O side of the streams."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+
+from kxds.metrics import Metrics
+from kxds.xds import stream as xs
+from kxds.xds.snapshot import SHORT_NAMES, Snapshot
+
+log = structlog.get_logger("kxds.xds")
+
+# Queue marker: the fleet's snapshot changed; the stream reads the newest one when it gets here.
+SNAPSHOT_CHANGED = object()
+CLOSED = object()
+
+
+@dataclass(slots=True)
+class Gateway:
+    id: int
+    peer: str
+    stream: xs.SotwStream
+    inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    connected_at: float = field(default_factory=time.time)
+    snapshot_queued: bool = False
+    last_nack: str = ""
+
+    @property
+    def node_id(self) -> str:
+        return self.stream.node.id if self.stream.node is not None else ""
+
+
+class Fleet:
+    def __init__(self, snapshot: Snapshot, metrics: Metrics) -> None:
+        self.snapshot = snapshot
+        self.gateways: dict[int, Gateway] = {}
+        self._metrics = metrics
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Event()
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        for gateway in self.gateways.values():
+            if not gateway.snapshot_queued:
+                gateway.snapshot_queued = True
+                gateway.inbox.put_nowait(SNAPSHOT_CHANGED)
+
+    def connect(self, peer: str) -> Gateway:
+        gateway = Gateway(id=next(self._ids), peer=peer, stream=xs.SotwStream(self.snapshot))
+        self.gateways[gateway.id] = gateway
+        self._metrics.gateways.set(len(self.gateways))
+        log.info("xds.connect", gateway=gateway.id, peer=peer)
+        return gateway
+
+    def disconnect(self, gateway: Gateway) -> None:
+        self.gateways.pop(gateway.id, None)
+        self._metrics.gateways.set(len(self.gateways))
+        log.info("xds.disconnect", gateway=gateway.id, node=gateway.node_id, peer=gateway.peer)
+        self._notify()
+
+    def handle(self, gateway: Gateway, item: object) -> list[discovery_pb2.DiscoveryResponse]:
+        """Feed one inbox item to the gateway's state machine; log and count what happened."""
+        if item is SNAPSHOT_CHANGED:
+            gateway.snapshot_queued = False
+            responses = gateway.stream.on_snapshot(self.snapshot)
+        else:
+            assert isinstance(item, discovery_pb2.DiscoveryRequest)
+            responses = gateway.stream.on_request(item)
+        for event in gateway.stream.take_events():
+            self._record(gateway, event)
+        self._notify()
+        return responses
+
+    def synced(self, serial: int) -> bool:
+        """Has every connected gateway applied snapshot `serial` or newer?"""
+        return bool(self.gateways) and all(g.stream.synced_serial >= serial for g in self.gateways.values())
+
+    async def wait_changed(self) -> None:
+        """Wait for any gateway's state to move (ACK, NACK, connect, disconnect)."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _record(self, gateway: Gateway, event: xs.Event) -> None:
+        kind = SHORT_NAMES.get(event.type_url, event.type_url)
+        node = gateway.node_id
+        match event:
+            case xs.Sent(version=version, nonce=nonce, resources=count):
+                self._metrics.responses.labels(kind).inc()
+                log.info("xds.push", gateway=gateway.id, node=node, type=kind, version=version, nonce=nonce, resources=count)
+            case xs.Acked(version=version):
+                self._metrics.acks.labels(kind).inc()
+                log.info("xds.ack", gateway=gateway.id, node=node, type=kind, version=version)
+            case xs.Nacked(version=version, message=message, resource_names=names):
+                self._metrics.nacks.labels(kind).inc()
+                gateway.last_nack = f"{kind} {version}: {message}"
+                log.warning("xds.nack", gateway=gateway.id, node=node, type=kind, version=version, error=message, resources=list(names[:50]))
+            case xs.StaleNonce(nonce=nonce):
+                self._metrics.stale.labels(kind).inc()
+                log.debug("xds.stale_nonce", gateway=gateway.id, node=node, type=kind, nonce=nonce)

@@ -1,0 +1,81 @@
+"""Immutable, content-versioned snapshots of everything kxds serves.
+
+A resource's version is a hash of its deterministic serialisation and a type's version derives
+from its resources, so two replicas given the same objects serve the same versions and an Envoy
+that reconnects to another replica is not re-sent what it already has (xds-protocol.md §9).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from google.protobuf import any_pb2, message
+
+from kxds.translate.gateway import GatewayConfig
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+# ADS order: a resource is sent after everything it depends on (xds-protocol.md §6.4).
+ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Types whose responses must hold the full set: a missing resource is a deletion (§2.4).
+FULL_STATE = frozenset({CLUSTER, LISTENER})
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resource:
+    name: str
+    version: str
+    body: any_pb2.Any = field(repr=False, compare=False)
+    # Names this resource needs in place before it may be sent: for a route configuration the
+    # clusters it routes to; for an EDS cluster its own load assignment.
+    needs: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, name: str, msg: message.Message, needs: Iterable[str] = ()) -> Resource:
+        body = any_pb2.Any()
+        body.Pack(msg, deterministic=True)
+        return cls(name=name, version=content_version(body.value), body=body, needs=frozenset(needs))
+
+
+def content_version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def set_version(resources: Mapping[str, Resource]) -> str:
+    """The version of a set of resources: independent of order, replica and process."""
+    digest = hashlib.sha256()
+    for name in sorted(resources):
+        digest.update(name.encode() + b"\0" + resources[name].version.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    serial: int
+    resources: Mapping[str, Mapping[str, Resource]]  # type URL → name → resource
+
+    def of_type(self, type_url: str) -> Mapping[str, Resource]:
+        return self.resources.get(type_url, MappingProxyType({}))
+
+
+def build_snapshot(config: GatewayConfig, serial: int) -> Snapshot:
+    eds_clusters = {c.name for c in config.clusters if c.HasField("eds_cluster_config")}
+    dynamic = {c.name for c in config.clusters}
+    by_type: dict[str, dict[str, Resource]] = {
+        CLUSTER: {c.name: Resource.of(c.name, c, needs=[c.name] if c.name in eds_clusters else []) for c in config.clusters},
+        ENDPOINT: {a.cluster_name: Resource.of(a.cluster_name, a) for a in config.load_assignments},
+        LISTENER: {lis.name: Resource.of(lis.name, lis) for lis in config.listeners},
+        ROUTE: {
+            r.name: Resource.of(r.name, r, needs=config.route_clusters.get(r.name, frozenset()) & dynamic)
+            for r in config.route_configs
+        },
+    }
+    return Snapshot(serial=serial, resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}))

@@ -1,0 +1,232 @@
+"""One state-of-the-world ADS stream as a pure state machine: no I/O, no clock, no logging.
+
+The gRPC servicer feeds it requests and snapshots and sends what it returns. All protocol rules
+live here (xds-protocol.md): per-type content versions, stale nonces ignored, ACK/NACK told apart
+by `error_detail`, a rejected version never resent, at most one unacknowledged response per type
+(which also bounds what a slow gateway can make us buffer), and make-before-break ordering —
+a route configuration is sent only once every cluster it names, and that cluster's endpoints,
+are acknowledged; a cluster leaves CDS only once no acknowledged route names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from kxds.xds.snapshot import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ORDER, ROUTE, Resource, Snapshot, set_version
+
+WILDCARD = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    type_url: str
+    version: str
+    nonce: str
+    resources: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    type_url: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nacked:
+    type_url: str
+    version: str  # the rejected version
+    message: str
+    resource_names: tuple[str, ...]  # the resources that were new or changed in it
+
+
+@dataclass(frozen=True, slots=True)
+class StaleNonce:
+    type_url: str
+    nonce: str
+
+
+Event = Sent | Acked | Nacked | StaleNonce
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    version: str
+    nonce: str
+    resources: Mapping[str, Resource]
+
+
+@dataclass(slots=True)
+class TypeState:
+    """What one stream knows about one resource type."""
+
+    requested: bool = False
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    named_explicitly: bool = False
+    last_nonce: str = ""
+    pending: _Response | None = None  # sent, not yet ACKed or NACKed
+    acked: _Response | None = None  # what the gateway applied last
+    rejected_version: str | None = None
+    last_error: str = ""
+    # The version a reconnecting client says it already has (first request only).
+    claimed_version: str = ""
+    # Send even if unchanged: an EDS cluster that was modified warms only on a fresh response.
+    force: bool = False
+
+    @property
+    def acked_resources(self) -> Mapping[str, Resource]:
+        return self.acked.resources if self.acked else {}
+
+
+@dataclass(slots=True)
+class SotwStream:
+    snapshot: Snapshot
+    node: base_pb2.Node | None = None
+    # Serial of the newest snapshot this gateway has fully applied (-1: none yet).
+    synced_serial: int = -1
+    types: dict[str, TypeState] = field(default_factory=dict)
+    _nonce: int = 0
+    _events: list[Event] = field(default_factory=list)
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+        if self.node is None and request.HasField("node"):
+            self.node = request.node  # only the first request is guaranteed to carry it
+        type_url = request.type_url
+        state = self.types.setdefault(type_url, TypeState())
+        nonce = request.response_nonce
+        if nonce and nonce != state.last_nonce:
+            # An ACK/NACK overtaken by a newer response: record nothing, send nothing (§2.2).
+            self._events.append(StaleNonce(type_url, nonce))
+            return []
+        if not nonce:
+            state.requested = True
+            state.claimed_version = request.version_info
+        elif state.pending is not None:
+            if request.HasField("error_detail"):
+                self._reject(type_url, state, request.error_detail.message)
+            else:
+                self._accept(type_url, state)
+        self._subscribe(state, request.resource_names)
+        return self._pump()
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
+        self.snapshot = snapshot
+        return self._pump()
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _accept(self, type_url: str, state: TypeState) -> None:
+        assert state.pending is not None
+        previous = state.acked_resources
+        state.acked, state.pending = state.pending, None
+        state.rejected_version = None
+        self._events.append(Acked(type_url, state.acked.version))
+        if type_url == CLUSTER:
+            modified = {n for n, r in state.acked.resources.items() if n in previous and previous[n].version != r.version and r.needs}
+            if modified and ENDPOINT in self.types:
+                self.types[ENDPOINT].force = True
+
+    def _reject(self, type_url: str, state: TypeState, message: str) -> None:
+        assert state.pending is not None
+        before = state.acked_resources
+        changed = tuple(n for n, r in sorted(state.pending.resources.items()) if n not in before or before[n].version != r.version)
+        state.rejected_version, state.last_error = state.pending.version, message
+        state.pending = None
+        self._events.append(Nacked(type_url, state.rejected_version, message, changed))
+
+    @staticmethod
+    def _subscribe(state: TypeState, names: Iterable[str]) -> None:
+        wanted = set(names)
+        explicit = wanted - {WILDCARD}
+        # Legacy wildcard: an empty list means "everything" until a name was ever given (§4).
+        state.wildcard = WILDCARD in wanted or (not wanted and not state.named_explicitly)
+        state.named_explicitly = state.named_explicitly or bool(explicit)
+        state.names = frozenset(explicit)
+
+    # -- responses -------------------------------------------------------------------------
+
+    def _pump(self) -> list[discovery_pb2.DiscoveryResponse]:
+        out = []
+        for type_url in (*ORDER, *sorted(self.types.keys() - set(ORDER))):
+            state = self.types.get(type_url)
+            if state is None or not state.requested or state.pending is not None:
+                continue
+            desired = self._desired(type_url, state)
+            version = set_version(desired)
+            if state.acked is None and state.claimed_version == version and type_url in FULL_STATE and state.wildcard:
+                # A reconnecting gateway already holds exactly this: nothing to resend (§2.1).
+                state.acked = _Response(version, "", desired)
+                continue
+            unchanged = state.acked is not None and state.acked.version == version
+            if (unchanged and not (state.force and desired)) or version == state.rejected_version:
+                continue
+            out.append(self._respond(type_url, state, version, desired))
+        self._check_synced()
+        return out
+
+    def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> discovery_pb2.DiscoveryResponse:
+        self._nonce += 1
+        nonce = str(self._nonce)
+        state.pending, state.last_nonce, state.force = _Response(version, nonce, desired), nonce, False
+        self._events.append(Sent(type_url, version, nonce, len(desired)))
+        return discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=type_url,
+            nonce=nonce,
+            resources=[desired[n].body for n in sorted(desired)],
+        )
+
+    def _requested(self, type_url: str, state: TypeState) -> dict[str, Resource]:
+        available = self.snapshot.of_type(type_url)
+        if state.wildcard:
+            return dict(available)
+        return {n: available[n] for n in state.names if n in available}
+
+    def _desired(self, type_url: str, state: TypeState) -> dict[str, Resource]:
+        desired = self._requested(type_url, state)
+        if type_url == CLUSTER:
+            # Keep every cluster that a route the gateway holds (or is being sent) still names.
+            routes = self.types.get(ROUTE, TypeState())
+            in_use = [*routes.acked_resources.values(), *(routes.pending.resources.values() if routes.pending else ())]
+            held = state.acked_resources
+            for name in set().union(*(r.needs for r in in_use)) - desired.keys():
+                if name in held:
+                    desired[name] = held[name]
+        elif type_url == ROUTE:
+            ready = self._ready_clusters()
+            held = state.acked_resources
+            for name, resource in list(desired.items()):
+                if not resource.needs <= ready:
+                    # Not yet: keep what the gateway has until its clusters are warm.
+                    if name in held:
+                        desired[name] = held[name]
+                    else:
+                        del desired[name]
+        return desired
+
+    def _ready_clusters(self) -> set[str]:
+        clusters = self.types.get(CLUSTER, TypeState()).acked_resources
+        endpoints = self.types.get(ENDPOINT, TypeState()).acked_resources.keys()
+        return {n for n, r in clusters.items() if r.needs <= endpoints}
+
+    def _check_synced(self) -> None:
+        """Has the gateway applied the whole current snapshot? (drives Ingress readiness)"""
+        for type_url in (CLUSTER, LISTENER, ROUTE, ENDPOINT):
+            state = self.types.get(type_url)
+            if type_url != ENDPOINT and (state is None or state.acked is None):
+                return
+            wanted = self.snapshot.of_type(type_url) if type_url != ENDPOINT else (
+                self._requested(type_url, state) if state is not None else {}
+            )
+            held = state.acked_resources if state is not None else {}
+            if any(n not in held or held[n].version != r.version for n, r in wanted.items()):
+                return
+        self.synced_serial = self.snapshot.serial
