@@ -165,12 +165,20 @@ class SotwStream:
                 # A reconnecting gateway already holds exactly this: nothing to resend (§2.1).
                 state.acked = _Response(version, "", desired)
                 continue
-            unchanged = state.acked is not None and state.acked.version == version
-            if (unchanged and not (state.force and desired)) or version == state.rejected_version:
+            if (self._unchanged(type_url, state, version, desired) and not (state.force and desired)) or version == state.rejected_version:
                 continue
             out.append(self._respond(type_url, state, version, desired))
         self._check_synced()
         return out
+
+    @staticmethod
+    def _unchanged(type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> bool:
+        if type_url in FULL_STATE:
+            return state.acked is not None and state.acked.version == version
+        # RDS/EDS: a resource left out of a response is not deleted (§2.4), so only a new or
+        # changed resource is worth a response.
+        held = state.acked_resources
+        return all(n in held and held[n].version == r.version for n, r in desired.items())
 
     def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> discovery_pb2.DiscoveryResponse:
         self._nonce += 1
