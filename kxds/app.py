@@ -53,7 +53,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     await xds.start()
     await xds.set_serving()
     admin_host, admin_port = split_address(settings.admin_address)
-    runner = web.AppRunner(admin_app(controller, metrics, serving=lambda: True), access_log=None)
+    runner = web.AppRunner(admin_app(controller, fleet, metrics, serving=lambda: True), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port)
     await site.start()

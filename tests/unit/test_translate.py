@@ -14,7 +14,7 @@ from kxds.model.objects import Filters, parse_object
 from kxds.render import render
 from kxds.settings import DEFAULT_INGRESS_CLASS, GatewaySettings
 from kxds.translate.gateway import BACKEND_NOT_FOUND, DOMAIN_CONFLICT, GatewayConfig, translate
-from tests.unit.builders import backend, endpoint_slice, ingress, path, rule, service, split
+from tests.builders import backend, endpoint_slice, ingress, path, rule, service, split
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "hello.json"

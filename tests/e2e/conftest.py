@@ -1,0 +1,47 @@
+"""Session-wide real parts: one `kxds serve`, one Envoy, and an echo backend pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import Backends, ControlPlane, Gateway, ListenerPorts
+
+
+class Stack:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.ports = ListenerPorts()
+        self.backends = Backends()
+        self.plane = ControlPlane(workdir, self.ports)
+        self.gateway = Gateway(workdir, self.plane)
+
+    def close(self) -> None:
+        self.gateway.stop()
+        self.plane.stop()
+        self.backends.close()
+
+    def tail_logs(self) -> str:
+        out = []
+        for path in (self.plane.log_path, self.gateway.log_path):
+            lines = path.read_text(errors="replace").splitlines()[-40:]
+            out.append(f"--- {path} (last {len(lines)} lines)\n" + "\n".join(lines))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("e2e"))
+    yield s
+    s.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed and "stack" in getattr(item, "funcargs", {}):
+        report.sections.append(("kxds and Envoy logs", item.funcargs["stack"].tail_logs()))
+    return report

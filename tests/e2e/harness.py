@@ -1,0 +1,319 @@
+"""Real parts for end-to-end tests: `kxds serve`, Envoy gateways, echo backends and curl.
+
+Everything binds to 127.0.0.1 on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kxds.bootstrap import render_bootstrap
+from kxds.echo import echo_app
+from kxds.envoy_process import start_envoy
+
+LOCAL = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- backends -------------------------------------------------------------------------------
+
+
+class Backends:
+    """Echo servers (HTTP/1.1 + h2c) on an event loop in a background thread, counting requests."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._servers: dict[str, tuple[asyncio.Event, Any]] = {}
+        self.ports: dict[str, int] = {}
+        self.hits: Counter[str] = Counter()
+
+    def start(self, name: str) -> int:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        port = free_port()
+        inner = echo_app(name, port)
+
+        async def counting(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.hits[name] += 1
+            await inner(scope, receive, send)
+
+        config = Config()
+        config.bind = [f"{LOCAL}:{port}"]
+        config.accesslog = config.errorlog = None
+        config.graceful_timeout = 2.0
+        stop = asyncio.Event()
+        future = asyncio.run_coroutine_threadsafe(self._make(serve, counting, config, stop), self._loop)
+        self._servers[name] = (stop, future.result(timeout=5))
+        self.ports[name] = port
+        wait_until(lambda: _connectable(port), what=f"backend {name} on port {port}")
+        return port
+
+    @staticmethod
+    async def _make(serve: Any, app: Any, config: Any, stop: asyncio.Event) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))
+
+    def stop(self, name: str) -> None:
+        stop, task = self._servers.pop(name)
+        self._loop.call_soon_threadsafe(stop.set)
+        wait_until(lambda: task.done(), timeout=10, what=f"backend {name} to stop")
+
+    def close(self) -> None:
+        for name in list(self._servers):
+            self.stop(name)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+def _connectable(port: int) -> bool:
+    try:
+        socket.create_connection((LOCAL, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# -- control plane and gateways -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerPorts:
+    external: int = field(default_factory=free_port)
+    internal: int = field(default_factory=free_port)
+    probe: int = field(default_factory=free_port)
+
+
+class ControlPlane:
+    """`kxds serve` in a subprocess, fed by a source directory the test writes into."""
+
+    def __init__(self, workdir: Path, ports: ListenerPorts, extra_args: Sequence[str] = ()) -> None:
+        self.source = workdir / "source"
+        self.source.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "kxds.log"
+        self.xds_port, self.admin_port = free_port(), free_port()
+        self.ports = ports
+        args = [
+            sys.executable, "-m", "kxds", "serve",
+            "--source", str(self.source),
+            "--xds-address", f"{LOCAL}:{self.xds_port}",
+            "--admin-address", f"{LOCAL}:{self.admin_port}",
+            "--listen-address", LOCAL,
+            "--external-http-port", str(ports.external),
+            "--internal-http-port", str(ports.internal),
+            "--probe-http-port", str(ports.probe),
+            "--log-level", "debug",
+            *extra_args,
+        ]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.process.poll() is not None or self._admin_ok(), timeout=30, what="kxds to serve")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"kxds exited:\n{self.log_path.read_text()}")
+
+    def _admin_ok(self) -> bool:
+        try:
+            return self.get("/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{LOCAL}:{self.admin_port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def ingresses(self) -> dict[str, dict[str, Any]]:
+        return {f"{i['namespace']}/{i['name']}": i for i in json.loads(self.get("/ingresses")[1])}
+
+    def gateways(self) -> list[dict[str, Any]]:
+        gateways: list[dict[str, Any]] = json.loads(self.get("/gateways")[1])["gateways"]
+        return gateways
+
+    def write(self, filename: str, docs: Iterable[dict[str, Any]]) -> None:
+        """Write atomically (temp file + rename), as a careful operator or kubectl would."""
+        temp = self.source / f".{filename}.tmp"
+        temp.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
+        os.replace(temp, self.source / filename)
+
+    def remove(self, filename: str) -> None:
+        (self.source / filename).unlink(missing_ok=True)
+
+    def wait_ready(self, key: str, digest: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            entry = self.ingresses().get(key)
+            if entry and entry["ready"] and (digest is None or entry["hash"] == digest):
+                return entry
+            return None
+
+        try:
+            result: dict[str, Any] = wait_until(ready, timeout=timeout, what=f"Ingress {key} to be ready")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; now: {self.ingresses().get(key)}") from None
+        return result
+
+    def wait_status(self, key: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
+        result: dict[str, Any] = wait_until(
+            lambda: (e := self.ingresses().get(key)) is not None and predicate(e) and e, timeout=timeout, what=f"status of {key}"
+        )
+        return result
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+class Gateway:
+    """A real Envoy bootstrapped by `kxds bootstrap` against the control plane."""
+
+    def __init__(self, workdir: Path, plane: ControlPlane, name: str = "gw") -> None:
+        self.admin_port = free_port()
+        self.workdir = workdir / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "envoy.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port)
+        self.process = start_envoy(bootstrap, self.workdir, log=self._log, log_level="info")
+        wait_until(self.live, timeout=30, what=f"Envoy {name} to go LIVE")
+
+    def admin(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://{LOCAL}:{self.admin_port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    def live(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Envoy exited:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            return self.admin("/ready").strip() == "LIVE"
+        except OSError:
+            return False
+
+    def stat(self, name: str) -> int:
+        for line in self.admin(f"/stats?filter=^{name}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        raise KeyError(name)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+# -- curl -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def request_header(self, name: str) -> str | None:
+        """First value of a header as the echo backend received it (Go canonical name)."""
+        values = self.json()["request"]["headers"].get(name)
+        return values[0] if values else None
+
+
+def curl(port: int, host: str, path: str = "/", headers: Sequence[str] = (), options: Sequence[str] = ()) -> Reply:
+    """One request through the gateway: URL host kept for Host/SNI, TCP sent to 127.0.0.1:port."""
+    args = ["curl", "-sS", "-i", "--max-time", "10", "--connect-to", f"{host}:80:{LOCAL}:{port}", *options]
+    for header in headers:
+        args += ["-H", header]
+    out = subprocess.run([*args, f"http://{host}{path}"], capture_output=True, check=False, timeout=20)
+    if out.returncode != 0:
+        raise RuntimeError(f"curl failed ({out.returncode}): {out.stderr.decode()}")
+    return parse_reply(out.stdout)
+
+
+def parse_reply(raw: bytes) -> Reply:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100") or head.startswith(b"HTTP/2 100"):
+        head, _, body = body.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Reply(status, headers, body)
+
+
+MARK = b"\n@@kxds-status:"
+
+
+def curl_many(port: int, host: str, count: int, path: str = "/", parallel: int = 8) -> list[tuple[int, bytes]]:
+    """`count` requests, `parallel` at a time, each curl process reusing one keep-alive connection."""
+    per_process = [count // parallel + (1 if i < count % parallel else 0) for i in range(parallel)]
+    results: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        if not n:
+            return
+        args = ["curl", "-sS", "--max-time", "30", "--connect-to", f"{host}:80:{LOCAL}:{port}", "-w", MARK.decode() + "%{http_code}\n"]
+        out = subprocess.run([*args, *[f"http://{host}{path}"] * n], capture_output=True, check=False, timeout=120)
+        # Output: body₁ MARK status₁ \n body₂ MARK status₂ \n …
+        parts = out.stdout.split(MARK)
+        replies, body = [], parts[0]
+        for tail in parts[1:]:
+            status, _, next_body = tail.partition(b"\n")
+            replies.append((int(status), body))
+            body = next_body
+        with lock:
+            results.extend(replies)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in per_process]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
