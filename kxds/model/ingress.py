@@ -112,10 +112,12 @@ def ingress_class(raw: Mapping[str, Any]) -> str | None:
 
 def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
     """Default, validate and type one Ingress document (its class is checked by the caller)."""
-    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), Mapping) else {}
+    raw_metadata = raw.get("metadata")
+    metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, Mapping) else {}
     namespace = metadata.get("namespace") or "default"
     name = metadata.get("name") or ""
-    generation = metadata.get("generation") if isinstance(metadata.get("generation"), int) else 0
+    raw_generation = metadata.get("generation")
+    generation = raw_generation if isinstance(raw_generation, int) else 0
     raw_spec = raw.get("spec")
     spec = apply_defaults(raw_spec if isinstance(raw_spec, Mapping) else {})
     # The hash is taken over the defaulted spec before probe paths exist (knative ingress.go).

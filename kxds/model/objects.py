@@ -76,7 +76,8 @@ def parse_object(raw: Any, filters: Filters) -> tuple[ObjectKey, Parsed] | None:
         case "Secret":
             return key, parse_secret(raw)
         case "ConfigMap" if key.namespace == filters.system_namespace:
-            data = raw.get("data") if isinstance(raw.get("data"), Mapping) else {}
+            raw_data = raw.get("data")
+            data: Mapping[str, Any] = raw_data if isinstance(raw_data, Mapping) else {}
             if key.name == KOURIER_CONFIG_NAME:
                 return key, parse_kourier_config(data)
             if key.name == NETWORK_CONFIG_NAME:

@@ -49,7 +49,7 @@ def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tls(raw: Any) -> dict[str, Any]:
-    tls, out = _obj(raw), {}
+    tls, out = _obj(raw), dict[str, Any]()
     _put_nonempty(out, "hosts", tls.get("hosts"))
     _put_nonempty(out, "secretName", tls.get("secretName"))
     _put_nonempty(out, "secretNamespace", tls.get("secretNamespace"))
@@ -57,7 +57,7 @@ def _tls(raw: Any) -> dict[str, Any]:
 
 
 def _rule(raw: Any) -> dict[str, Any]:
-    rule, out = _obj(raw), {}
+    rule, out = _obj(raw), dict[str, Any]()
     _put_nonempty(out, "hosts", rule.get("hosts"))
     _put_nonempty(out, "visibility", rule.get("visibility"))
     if rule.get("http") is not None:  # a pointer: omitted only when nil
@@ -67,7 +67,7 @@ def _rule(raw: Any) -> dict[str, Any]:
 
 
 def _path(raw: Any) -> dict[str, Any]:
-    path, out = _obj(raw), {}
+    path, out = _obj(raw), dict[str, Any]()
     _put_nonempty(out, "path", path.get("path"))
     _put_nonempty(out, "rewriteHost", path.get("rewriteHost"))
     headers = {k: {"exact": _obj(v).get("exact") or ""} for k, v in _sorted_map(path.get("headers")).items()}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import wrappers_pb2
 
 from kxds.model.ingress import Ingress
@@ -53,7 +53,8 @@ class _Backend:
 def translate(world: World, gateway: GatewaySettings) -> GatewayConfig:
     outcomes: dict[str, Outcome] = {}
     backends: dict[str, _Backend] = {}
-    external_vhosts, internal_vhosts = [], [routes.status_vhost()]
+    external_vhosts: list[route_components_pb2.VirtualHost] = []
+    internal_vhosts = [routes.status_vhost()]
     referenced: set[str] = set()
     claimed: dict[str, str] = {}
     # The older Ingress wins a host, then the smaller name: a restart can never flip ownership.
@@ -113,7 +114,7 @@ def _resolve_backends(ingress: Ingress, services: Mapping[str, Service], backend
     return ""
 
 
-def _route_config(name: str, vhosts: list[routes.rc.VirtualHost]) -> route_pb2.RouteConfiguration:
+def _route_config(name: str, vhosts: list[route_components_pb2.VirtualHost]) -> route_pb2.RouteConfiguration:
     # validate_clusters: Envoy rejects routes naming a cluster it lacks, instead of 503ing
     # them silently; kxds orders pushes so this never happens (xds-protocol.md §6.3).
     return route_pb2.RouteConfiguration(

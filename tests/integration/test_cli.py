@@ -1,0 +1,71 @@
+"""The `kxds` command line: flags from the environment, render, and a bootstrap Envoy accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kxds.cli import build_parser, settings_from
+from kxds.envoy_process import envoy_binary
+
+ROOT = Path(__file__).parents[2]
+
+
+def kxds(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kxds", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def test_flags_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KXDS_SOURCE", "/srv/objects")
+    monkeypatch.setenv("KXDS_EXTERNAL_HTTP_PORT", "18080")
+    monkeypatch.setenv("KXDS_INGRESS_CLASS", "custom.ingress.networking.knative.dev")
+    settings = settings_from(build_parser().parse_args(["serve", "--internal-http-port", "18081"]))
+    assert str(settings.source_dir) == "/srv/objects"
+    assert (settings.gateway.ports.external_http, settings.gateway.ports.internal_http) == (18080, 18081)
+    assert settings.ingress_class == "custom.ingress.networking.knative.dev"
+    assert settings.gateway.ports.probe_http == 8090  # Kourier's default
+
+
+def test_httpoption_disabled_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOURIER_HTTPOPTION_DISABLED", "")
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.http_option_disabled
+
+
+def test_missing_source_is_a_usage_error() -> None:
+    result = kxds("serve")
+    assert result.returncode == 2 and "--source" in result.stderr
+
+
+def test_render_prints_the_resources_as_json() -> None:
+    result = kxds("render", "--source", str(ROOT / "examples"))
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)
+    assert [r["name"] for r in rendered["routes"]] == ["external_services", "internal_services"]
+    assert rendered["ingresses"] == {"default/hello": {"programmed": True, "reason": "", "message": ""}}
+
+
+@pytest.mark.parametrize("xds_address", ["127.0.0.1:18000", "net-kourier-controller.knative-serving:18000"])
+def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> None:
+    result = kxds("bootstrap", "--xds-address", xds_address, "--admin-port", "9901", "--stats-port", "9000")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["node"] == {"id": "3scale-kourier-gateway", "cluster": "kourier-knative"}
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    (tmp_path / "bootstrap.yaml").write_text(result.stdout)
+    validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+
+
+def test_bootstrap_node_id_flag() -> None:
+    result = kxds("bootstrap", "--xds-address", "127.0.0.1:1", "--admin-port", "1", "--node-id", "gw-7")
+    assert yaml.safe_load(result.stdout)["node"]["id"] == "gw-7"
+    assert yaml.safe_load(result.stdout)["static_resources"]["listeners"] == []

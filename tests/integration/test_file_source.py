@@ -1,0 +1,122 @@
+"""The file source against a real directory, followed live with watchfiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kxds.model.ingress import Ingress, RejectedIngress
+from kxds.model.objects import Filters, ObjectKey, Parsed
+from kxds.model.service import Service
+from kxds.settings import DEFAULT_INGRESS_CLASS
+from kxds.sources.files import FileSource
+from tests.builders import ingress, path, rule, service, split
+
+FILTERS = Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving")
+
+
+class Mirror:
+    """The sink: the objects the source currently reports."""
+
+    def __init__(self) -> None:
+        self.objects: dict[ObjectKey, Parsed] = {}
+        self.changed = asyncio.Event()
+
+    def __call__(self, upserts: Mapping[ObjectKey, Parsed], deletes: Iterable[ObjectKey]) -> None:
+        self.objects.update(upserts)
+        for key in deletes:
+            self.objects.pop(key, None)
+        self.changed.set()
+
+    def names(self, kind: str) -> set[str]:
+        return {k.name for k in self.objects if k.kind == kind}
+
+    async def until(self, check: Any, timeout: float = 10.0) -> None:
+        async def poll() -> None:
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(poll(), timeout)
+
+
+def write(path: Path, *docs: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump_all(list(docs)))
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[tuple[Path, Mirror]]:
+    write(tmp_path / "a.yaml", service("svc-a"), ingress("ing-a", rule(["a.example.com"], path(split("svc-a")))))
+    mirror = Mirror()
+    source = FileSource(tmp_path, FILTERS, mirror)
+    source.load()
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(0.3)  # let the watcher start
+    yield tmp_path, mirror
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_initial_load_reads_multi_document_yaml_and_json(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", service("one"), service("two"))
+    (tmp_path / "b.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [service("three")]}))
+    (tmp_path / "notes.txt").write_text("not a source file")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "c.yml", service("four"))
+    mirror = Mirror()
+    FileSource(tmp_path, FILTERS, mirror).load()
+    assert mirror.names("Service") == {"one", "two", "three", "four"}
+    assert all(isinstance(o, Service) for o in mirror.objects.values())
+
+
+async def test_follows_create_edit_rename_and_delete(live: tuple[Path, Mirror]) -> None:
+    directory, mirror = live
+    write(directory / "b.yaml", service("svc-b"))
+    await mirror.until(lambda: "svc-b" in mirror.names("Service"))
+    write(directory / "b.yaml", service("svc-b", port=81))
+    await mirror.until(lambda: any(isinstance(o, Service) and o.name == "svc-b" and o.ports[0].port == 81 for o in mirror.objects.values()))
+    os.rename(directory / "b.yaml", directory / "c.yaml")
+    await asyncio.sleep(0.3)
+    assert "svc-b" in mirror.names("Service")  # a rename keeps the objects
+    (directory / "c.yaml").unlink()
+    await mirror.until(lambda: "svc-b" not in mirror.names("Service"))
+    assert mirror.names("Ingress") == {"ing-a"}
+
+
+async def test_a_broken_file_keeps_its_last_good_objects(live: tuple[Path, Mirror]) -> None:
+    directory, mirror = live
+    (directory / "a.yaml").write_text("kind: Service\nmetadata: {name: [unclosed\n")
+    write(directory / "other.yaml", service("marker"))  # proves the watcher has moved past the broken write
+    await mirror.until(lambda: "marker" in mirror.names("Service"))
+    assert mirror.names("Ingress") == {"ing-a"} and "svc-a" in mirror.names("Service")
+
+
+async def test_a_rejected_document_keeps_its_previous_version(live: tuple[Path, Mirror]) -> None:
+    directory, mirror = live
+    broken = service("svc-a")
+    broken["spec"]["ports"][0]["port"] = "eighty"
+    write(directory / "a.yaml", broken, ingress("ing-a", rule(["a.example.com"], path(split("svc-a", 50)))))
+    await mirror.until(lambda: isinstance(mirror.objects.get(ObjectKey("Ingress", "ns", "ing-a")), RejectedIngress))
+    kept = mirror.objects[ObjectKey("Service", "ns", "svc-a")]
+    assert isinstance(kept, Service) and kept.ports[0].port == 80
+
+
+async def test_other_classes_and_unknown_kinds_are_skipped(tmp_path: Path) -> None:
+    write(
+        tmp_path / "a.yaml",
+        ingress("theirs", rule(["t.example.com"], path(split("s"))), ingress_class="istio.ingress.networking.knative.dev"),
+        ingress("ours", rule(["o.example.com"], path(split("s")))),
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}},
+    )
+    mirror = Mirror()
+    FileSource(tmp_path, FILTERS, mirror).load()
+    assert list(mirror.objects) == [ObjectKey("Ingress", "ns", "ours")]
+    assert isinstance(mirror.objects[ObjectKey("Ingress", "ns", "ours")], Ingress)
