@@ -57,6 +57,9 @@ class _Response:
     version: str
     nonce: str
     resources: Mapping[str, Resource]
+    # The snapshot it was built from, if it carries all of that snapshot's resources of its type
+    # (not when routes were held back waiting for clusters); -1 otherwise.
+    serial: int = -1
 
 
 @dataclass(slots=True)
@@ -76,6 +79,8 @@ class TypeState:
     claimed_version: str = ""
     # Send even if unchanged: an EDS cluster that was modified warms only on a fresh response.
     force: bool = False
+    # Newest snapshot whose resources of this type the gateway has applied.
+    applied_serial: int = -1
 
     @property
     def acked_resources(self) -> Mapping[str, Resource]:
@@ -128,6 +133,7 @@ class SotwStream:
         previous = state.acked_resources
         state.acked, state.pending = state.pending, None
         state.rejected_version = None
+        state.applied_serial = max(state.applied_serial, state.acked.serial)
         self._events.append(Acked(type_url, state.acked.version))
         if type_url == CLUSTER:
             modified = {n for n, r in state.acked.resources.items() if n in previous and previous[n].version != r.version and r.needs}
@@ -161,14 +167,18 @@ class SotwStream:
                 continue
             desired = self._desired(type_url, state)
             version = set_version(desired)
+            complete = self._covers(type_url, state, desired)
             if state.acked is None and state.claimed_version == version and type_url in FULL_STATE and state.wildcard:
                 # A reconnecting gateway already holds exactly this: nothing to resend (§2.1).
                 state.acked = _Response(version, "", desired)
+            if self._unchanged(type_url, state, version, desired) and not (state.force and desired):
+                if complete:
+                    state.applied_serial = self.snapshot.serial
                 continue
-            if (self._unchanged(type_url, state, version, desired) and not (state.force and desired)) or version == state.rejected_version:
+            if version == state.rejected_version:
                 continue
-            out.append(self._respond(type_url, state, version, desired))
-        self._check_synced()
+            out.append(self._respond(type_url, state, version, desired, self.snapshot.serial if complete else -1))
+        self._update_synced()
         return out
 
     @staticmethod
@@ -180,10 +190,10 @@ class SotwStream:
         held = state.acked_resources
         return all(n in held and held[n].version == r.version for n, r in desired.items())
 
-    def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> discovery_pb2.DiscoveryResponse:
+    def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int) -> discovery_pb2.DiscoveryResponse:
         self._nonce += 1
         nonce = str(self._nonce)
-        state.pending, state.last_nonce, state.force = _Response(version, nonce, desired), nonce, False
+        state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
         self._events.append(Sent(type_url, version, nonce, len(desired)))
         return discovery_pb2.DiscoveryResponse(
             version_info=version,
@@ -225,16 +235,19 @@ class SotwStream:
         endpoints = self.types.get(ENDPOINT, TypeState()).acked_resources.keys()
         return {n for n, r in clusters.items() if r.needs <= endpoints}
 
-    def _check_synced(self) -> None:
-        """Has the gateway applied the whole current snapshot? (drives Ingress readiness)"""
-        for type_url in (CLUSTER, LISTENER, ROUTE, ENDPOINT):
+    def _covers(self, type_url: str, state: TypeState, desired: Mapping[str, Resource]) -> bool:
+        """Does `desired` carry every resource of the current snapshot this gateway asked for?"""
+        wanted = self._requested(type_url, state)
+        return all(n in desired and desired[n].version == r.version for n, r in wanted.items())
+
+    def _update_synced(self) -> None:
+        """The newest snapshot the gateway has applied in full (drives Ingress readiness)."""
+        serials = []
+        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
             state = self.types.get(type_url)
-            if type_url != ENDPOINT and (state is None or state.acked is None):
-                return
-            wanted = self.snapshot.of_type(type_url) if type_url != ENDPOINT else (
-                self._requested(type_url, state) if state is not None else {}
-            )
-            held = state.acked_resources if state is not None else {}
-            if any(n not in held or held[n].version != r.version for n, r in wanted.items()):
-                return
-        self.synced_serial = self.snapshot.serial
+            if state is None or not state.requested:
+                if type_url != ENDPOINT:  # no EDS subscription: no endpoints are wanted
+                    return
+                continue
+            serials.append(state.applied_serial)
+        self.synced_serial = max(self.synced_serial, min(serials))

@@ -241,3 +241,17 @@ def test_legacy_and_explicit_wildcard() -> None:
     # Once names were given, an empty list means "none" rather than "all".
     (none,) = stream.on_request(request(CLUSTER, [], nonce=resp.nonce))
     assert names_in(none) == []
+
+
+def test_readiness_advances_under_churn_faster_than_acks() -> None:
+    stream = xs.SotwStream(snapshot({"a": 1}, ["a"]))
+    converge(stream)
+    second = snapshot({"a": 2}, ["a"])
+    (eds,) = stream.on_snapshot(second)
+    third = snapshot({"a": 3}, ["a"])
+    assert stream.on_snapshot(third) == []  # waits for the ACK of `second`
+    (eds3,) = stream.on_request(ack(eds, ["a"]))
+    # The gateway applied `second` in full although `third` already exists.
+    assert stream.synced_serial == second.serial
+    stream.on_request(ack(eds3, ["a"]))
+    assert stream.synced_serial == third.serial
