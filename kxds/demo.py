@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import tempfile
 from pathlib import Path
+
+import aiohttp
 
 from kxds.app import running, wait_for_signal
 from kxds.bootstrap import render_bootstrap
@@ -23,6 +26,7 @@ async def run_demo(settings: Settings, *, envoy_admin_port: int, echo_ports: lis
         with open(workdir / "envoy.log", "wb") as envoy_log:
             envoy = start_envoy(bootstrap, workdir, log=envoy_log)
             try:
+                await _wait_live(envoy, envoy_admin_port, workdir)
                 print(_instructions(plane.controller.objects.values(), settings, plane.admin_port, workdir), flush=True)
                 await wait_for_signal()
             finally:
@@ -31,6 +35,24 @@ async def run_demo(settings: Settings, *, envoy_admin_port: int, echo_ports: lis
     stop.set()
     await asyncio.gather(*backends, return_exceptions=True)
     return 0
+
+
+async def _wait_live(envoy: subprocess.Popen[bytes], admin_port: int, workdir: Path, timeout: float = 60.0) -> None:
+    """Envoy answers LIVE on /ready once it has its listeners and routes from kxds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            if envoy.poll() is not None:
+                raise RuntimeError(f"Envoy exited with {envoy.returncode}; see {workdir}/envoy.log")
+            try:
+                async with session.get(f"http://127.0.0.1:{admin_port}/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"Envoy did not become ready in {timeout}s; see {workdir}/envoy.log")
 
 
 def _instructions(objects: object, settings: Settings, admin_port: int, workdir: Path) -> str:
