@@ -17,6 +17,13 @@ def mapping(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
+def required_mapping(value: Any, path: str) -> Mapping[str, Any]:
+    """An object that must be present and non-empty (Knative's "missing field" rule)."""
+    if not value:
+        raise FieldError(path, "missing field")
+    return mapping(value, path)
+
+
 def sequence(value: Any, path: str) -> Sequence[Any]:
     if value is None:
         return ()

@@ -10,7 +10,7 @@ import copy
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kxds.model import fields
@@ -180,9 +180,7 @@ def _spec(raw: Any, namespace: str) -> dict[str, Any]:
 
 
 def _rule(raw: Any, at: str, namespace: str) -> Rule:
-    if not raw:
-        raise FieldError(at, "missing field")
-    rule = fields.mapping(raw, at)
+    rule = fields.required_mapping(raw, at)
     hosts = tuple(_host(h, f"{at}.hosts[{i}]") for i, h in enumerate(fields.sequence(rule.get("hosts"), f"{at}.hosts")))
     visibility = fields.string(rule.get("visibility"), f"{at}.visibility") or Visibility.EXTERNAL_IP
     if visibility not in set(Visibility):
@@ -213,9 +211,7 @@ def _host(raw: Any, at: str) -> str:
 
 
 def _path(raw: Any, at: str, namespace: str) -> Path:
-    if not raw:
-        raise FieldError(at, "missing field")
-    path = fields.mapping(raw, at)
+    path = fields.required_mapping(raw, at)
     splits = fields.sequence(path.get("splits"), f"{at}.splits")
     if not splits:
         raise FieldError(f"{at}.splits", "missing field")
@@ -224,7 +220,7 @@ def _path(raw: Any, at: str, namespace: str) -> Path:
     if total != 100 and not (len(parsed) == 1 and total == 0):
         raise FieldError(f"{at}.splits", f"the percentages must add up to 100, got {total}")
     if len(parsed) == 1 and parsed[0].percent == 0:
-        parsed = (_with_percent(parsed[0], 100),)
+        parsed = (replace(parsed[0], percent=100),)
     prefix = fields.string(path.get("path"), f"{at}.path")
     _check_header_value(prefix, f"{at}.path")
     rewrite = fields.string(path.get("rewriteHost"), f"{at}.rewriteHost")
@@ -240,20 +236,8 @@ def _path(raw: Any, at: str, namespace: str) -> Path:
     )
 
 
-def _with_percent(split: Split, percent: int) -> Split:
-    return Split(
-        service_namespace=split.service_namespace,
-        service_name=split.service_name,
-        service_port=split.service_port,
-        percent=percent,
-        append_headers=split.append_headers,
-    )
-
-
 def _split(raw: Any, at: str, namespace: str) -> Split:
-    if not raw:
-        raise FieldError(at, "missing field")
-    split = fields.mapping(raw, at)
+    split = fields.required_mapping(raw, at)
     service_namespace = fields.string(split.get("serviceNamespace"), f"{at}.serviceNamespace")
     if not service_namespace:
         raise FieldError(f"{at}.serviceNamespace", "missing field")
@@ -280,9 +264,7 @@ def _split(raw: Any, at: str, namespace: str) -> Split:
 
 
 def _tls(raw: Any, at: str) -> TLS:
-    if not raw:
-        raise FieldError(at, "missing field")
-    tls = fields.mapping(raw, at)
+    tls = fields.required_mapping(raw, at)
     secret_name = fields.string(tls.get("secretName"), f"{at}.secretName")
     if not secret_name:
         raise FieldError(f"{at}.secretName", "missing field")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,16 @@ async def plane(tmp_path: Path) -> AsyncIterator[Running]:
 async def admin_get(plane: Running, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{plane.admin_port}{path}") as response:
         return response.status, await response.text()
+
+
+async def eventually(plane: Running, path: str, needle: str, timeout: float = 5.0) -> str:
+    """The admin page once it shows `needle` (the server handles stream messages asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        _, body = await admin_get(plane, path)
+        if needle in body or asyncio.get_running_loop().time() > deadline:
+            return body
+        await asyncio.sleep(0.02)
 
 
 def request(type_url: str, node: str = "", nonce: str = "", version: str = "", error: str = "") -> discovery_pb2.DiscoveryRequest:
@@ -68,8 +79,7 @@ async def test_every_node_gets_the_same_configuration_and_nacks_are_counted(plan
         listeners = await first.read()
         assert listeners.type_url == LISTENER and len(listeners.resources) == 3
         await first.write(request(LISTENER, nonce=listeners.nonce, error="refused for the test"))
-        _, metrics = await admin_get(plane, "/metrics")
-        assert 'kxds_xds_nacks_total{type="LDS"} 1.0' in metrics
+        metrics = await eventually(plane, "/metrics", 'kxds_xds_nacks_total{type="LDS"} 1.0')
         assert "kxds_connected_gateways 2.0" in metrics
         _, gateways = await admin_get(plane, "/gateways")
         assert "refused for the test" in gateways and "gateway-a" in gateways
