@@ -54,43 +54,67 @@ def describe(scope: Scope, name: str, port: int) -> dict[str, Any]:
     }
 
 
-def echo_app(name: str, port: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def knative_probe(app: ASGIApp) -> ASGIApp:
+    """Knative's probe handler in front of an app (knative.dev/networking pkg/http/probe).
+
+    `K-Network-Probe: probe` is answered here, echoing `K-Network-Hash`; any other request has
+    `K-Network-Hash` removed and goes to the app.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["type"] == "http" and headers.get(PROBE_HEADER) == "probe":
+            while (await receive()).get("more_body"):
+                pass
+            digest = headers.get(HASH_HEADER, "")
+            if not digest:
+                await respond(send, 400, b'a probe request must contain a non-empty "K-Network-Hash" header')
+            else:
+                await respond(send, 200, b"", [(b"k-network-hash", digest.encode())])
+            return
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != HASH_HEADER.encode()]
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def echo_app(name: str, port: int) -> ASGIApp:
+    """Knative's `runtime` test image: 200 with JSON describing the request, for any request."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         while (await receive()).get("more_body"):
             pass  # drain the request body
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if headers.get(PROBE_HEADER) == "probe":
-            digest = headers.get(HASH_HEADER, "")
-            if not digest:
-                await _respond(send, 400, b'a probe request must contain a non-empty "K-Network-Hash" header', [])
-            else:
-                await _respond(send, 200, b"", [(b"k-network-hash", digest.encode())])
-            return
-        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != HASH_HEADER.encode()]
         body = json.dumps(describe(scope, name, port), indent=2).encode() + b"\n"
         no_cache = [(b"cache-control", b"no-cache, no-store, must-revalidate"), (b"pragma", b"no-cache"), (b"expires", b"0")]
-        await _respond(send, 200, body, [(b"content-type", b"application/json"), *no_cache])
+        await respond(send, 200, body, [(b"content-type", b"application/json"), *no_cache])
 
-    return app
+    return knative_probe(app)
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or []})
     await send({"type": "http.response.body", "body": body})
 
 
-async def serve_echo(host: str, port: int, name: str = "", stop: asyncio.Event | None = None) -> None:
+async def serve_asgi(app: ASGIApp, host: str, port: int, stop: asyncio.Event | None = None) -> None:
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
     trigger = (stop or asyncio.Event()).wait
-    await serve(echo_app(name or f"echo-{port}", port), config, shutdown_trigger=trigger)  # type: ignore[arg-type]
+    await serve(app, config, shutdown_trigger=trigger)  # type: ignore[arg-type]
+
+
+async def serve_echo(host: str, port: int, name: str = "", stop: asyncio.Event | None = None) -> None:
+    await serve_asgi(echo_app(name or f"echo-{port}", port), host, port, stop)

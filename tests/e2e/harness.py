@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from kxds.bootstrap import render_bootstrap
-from kxds.echo import echo_app
+from kxds.echo import echo_app, serve_asgi
 from kxds.envoy_process import start_envoy
 
 LOCAL = "127.0.0.1"
@@ -60,32 +60,22 @@ class Backends:
         self.ports: dict[str, int] = {}
         self.hits: Counter[str] = Counter()
 
-    def start(self, name: str) -> int:
-        from hypercorn.asyncio import serve
-        from hypercorn.config import Config
-
+    def start(self, name: str, app: Callable[[str, int], Any] = echo_app) -> int:
+        """Serve `app(name, port)` on a free port; returns the port."""
         port = free_port()
-        inner = echo_app(name, port)
+        inner = app(name, port)
 
         async def counting(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
+            if scope["type"] in ("http", "websocket"):
                 self.hits[name] += 1
             await inner(scope, receive, send)
 
-        config = Config()
-        config.bind = [f"{LOCAL}:{port}"]
-        config.accesslog = config.errorlog = None
-        config.graceful_timeout = 2.0
         stop = asyncio.Event()
-        future = asyncio.run_coroutine_threadsafe(self._make(serve, counting, config, stop), self._loop)
-        self._servers[name] = (stop, future.result(timeout=5))
+        task = asyncio.run_coroutine_threadsafe(serve_asgi(counting, LOCAL, port, stop), self._loop)
+        self._servers[name] = (stop, task)
         self.ports[name] = port
         wait_until(lambda: _connectable(port), what=f"backend {name} on port {port}")
         return port
-
-    @staticmethod
-    async def _make(serve: Any, app: Any, config: Any, stop: asyncio.Event) -> asyncio.Future[Any]:
-        return asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))
 
     def stop(self, name: str) -> None:
         stop, task = self._servers.pop(name)
@@ -125,6 +115,9 @@ class ListenerPorts:
     external: int = field(default_factory=free_port)
     internal: int = field(default_factory=free_port)
     probe: int = field(default_factory=free_port)
+    external_tls: int = field(default_factory=free_port)
+    internal_tls: int = field(default_factory=free_port)
+    probe_tls: int = field(default_factory=free_port)
 
 
 class ControlPlane:
@@ -145,6 +138,9 @@ class ControlPlane:
             "--external-http-port", str(ports.external),
             "--internal-http-port", str(ports.internal),
             "--probe-http-port", str(ports.probe),
+            "--external-https-port", str(ports.external_tls),
+            "--internal-https-port", str(ports.internal_tls),
+            "--probe-https-port", str(ports.probe_tls),
             "--log-level", "debug",
             *extra_args,
         ]
@@ -262,12 +258,13 @@ class Reply:
         return values[0] if values else None
 
 
-def curl(port: int, host: str, path: str = "/", headers: Sequence[str] = (), options: Sequence[str] = ()) -> Reply:
+def curl(port: int, host: str, path: str = "/", headers: Sequence[str] = (), options: Sequence[str] = (), scheme: str = "http") -> Reply:
     """One request through the gateway: URL host kept for Host/SNI, TCP sent to 127.0.0.1:port."""
-    args = ["curl", "-sS", "-i", "--max-time", "10", "--connect-to", f"{host}:80:{LOCAL}:{port}", *options]
+    default_port = 443 if scheme == "https" else 80
+    args = ["curl", "-sS", "-i", "--max-time", "10", "--connect-to", f"{host}:{default_port}:{LOCAL}:{port}", *options]
     for header in headers:
         args += ["-H", header]
-    out = subprocess.run([*args, f"http://{host}{path}"], capture_output=True, check=False, timeout=20)
+    out = subprocess.run([*args, f"{scheme}://{host}{path}"], capture_output=True, check=False, timeout=40)
     if out.returncode != 0:
         raise RuntimeError(f"curl failed ({out.returncode}): {out.stderr.decode()}")
     return parse_reply(out.stdout)

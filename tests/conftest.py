@@ -1,4 +1,4 @@
-"""Session-wide real parts: one `kxds serve`, one Envoy, and an echo backend pool."""
+"""Session-wide real parts shared by the e2e and conformance tests: one `kxds serve`, one Envoy, a backend pool."""
 
 from __future__ import annotations
 
