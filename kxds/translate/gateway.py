@@ -9,6 +9,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2 as tls_pb2
 from google.protobuf import wrappers_pb2
 
 from kxds.model.ingress import Ingress
@@ -16,6 +17,7 @@ from kxds.model.service import Service, ServicePort
 from kxds.model.world import World
 from kxds.settings import GatewaySettings
 from kxds.translate import clusters, listeners, names, routes
+from kxds.xds.type_urls import ENDPOINT
 
 # Ingress outcome reasons (Kourier's where Kourier has one).
 DOMAIN_CONFLICT = "DomainConflict"
@@ -39,7 +41,10 @@ class GatewayConfig:
     # Route configuration name → the dynamic clusters its routes name (for make-before-break).
     route_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
     clusters: tuple[cluster_pb2.Cluster, ...] = ()
+    # Cluster name → (type URL, name) of what it needs first: its EDS assignment, its CA secret.
+    cluster_needs: Mapping[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
     load_assignments: tuple[endpoint_pb2.ClusterLoadAssignment, ...] = ()
+    secrets: tuple[tls_pb2.Secret, ...] = ()
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
 
 
@@ -83,6 +88,7 @@ def translate(world: World, gateway: GatewaySettings) -> GatewayConfig:
         route_configs=route_configs,
         route_clusters={rc.name: frozenset(referenced) for rc in route_configs},
         clusters=tuple(clusters.cluster(b.service, b.port, http2=b.http2) for _, b in wanted),
+        cluster_needs={name: frozenset({(ENDPOINT, name)}) for name, b in wanted if b.service.type != "ExternalName"},
         load_assignments=tuple(
             clusters.load_assignment(b.service, b.port, world.endpoint_slices.get(b.service.key, ()))
             for _, b in wanted

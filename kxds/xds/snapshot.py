@@ -15,15 +15,11 @@ from types import MappingProxyType
 from google.protobuf import any_pb2, message
 
 from kxds.translate.gateway import GatewayConfig
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 # ADS order: a resource is sent after everything it depends on (xds-protocol.md §6.4).
-ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 # Types whose responses must hold the full set: a missing resource is a deletion (§2.4).
 FULL_STATE = frozenset({CLUSTER, LISTENER})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
@@ -34,12 +30,12 @@ class Resource:
     name: str
     version: str
     body: any_pb2.Any = field(repr=False, compare=False)
-    # Names this resource needs in place before it may be sent: for a route configuration the
-    # clusters it routes to; for an EDS cluster its own load assignment.
-    needs: frozenset[str] = frozenset()
+    # (type URL, name) of what must be applied before this resource is usable: for a route
+    # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets.
+    needs: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
-    def of(cls, name: str, msg: message.Message, needs: Iterable[str] = ()) -> Resource:
+    def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = ()) -> Resource:
         body = any_pb2.Any()
         body.Pack(msg, deterministic=True)
         return cls(name=name, version=content_version(body.value), body=body, needs=frozenset(needs))
@@ -67,15 +63,15 @@ class Snapshot:
 
 
 def build_snapshot(config: GatewayConfig, serial: int) -> Snapshot:
-    eds_clusters = {c.name for c in config.clusters if c.HasField("eds_cluster_config")}
     dynamic = {c.name for c in config.clusters}
     by_type: dict[str, dict[str, Resource]] = {
-        CLUSTER: {c.name: Resource.of(c.name, c, needs=[c.name] if c.name in eds_clusters else []) for c in config.clusters},
+        CLUSTER: {c.name: Resource.of(c.name, c, needs=config.cluster_needs.get(c.name, ())) for c in config.clusters},
         ENDPOINT: {a.cluster_name: Resource.of(a.cluster_name, a) for a in config.load_assignments},
         LISTENER: {lis.name: Resource.of(lis.name, lis) for lis in config.listeners},
         ROUTE: {
-            r.name: Resource.of(r.name, r, needs=config.route_clusters.get(r.name, frozenset()) & dynamic)
+            r.name: Resource.of(r.name, r, needs=((CLUSTER, c) for c in config.route_clusters.get(r.name, frozenset()) & dynamic))
             for r in config.route_configs
         },
+        SECRET: {s.name: Resource.of(s.name, s) for s in config.secrets},
     }
     return Snapshot(serial=serial, resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}))

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from kxds.xds.snapshot import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ORDER, ROUTE, Resource, Snapshot, set_version
+from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 WILDCARD = "*"
 
@@ -136,7 +137,10 @@ class SotwStream:
         state.applied_serial = max(state.applied_serial, state.acked.serial)
         self._events.append(Acked(type_url, state.acked.version))
         if type_url == CLUSTER:
-            modified = {n for n, r in state.acked.resources.items() if n in previous and previous[n].version != r.version and r.needs}
+            modified = {
+                n for n, r in state.acked.resources.items()
+                if n in previous and previous[n].version != r.version and (ENDPOINT, n) in r.needs
+            }
             if modified and ENDPOINT in self.types:
                 self.types[ENDPOINT].force = True
 
@@ -215,14 +219,14 @@ class SotwStream:
             routes = self.types.get(ROUTE, TypeState())
             in_use = [*routes.acked_resources.values(), *(routes.pending.resources.values() if routes.pending else ())]
             held = state.acked_resources
-            for name in set().union(*(r.needs for r in in_use)) - desired.keys():
+            named = {n for r in in_use for t, n in r.needs if t == CLUSTER}
+            for name in named - desired.keys():
                 if name in held:
                     desired[name] = held[name]
         elif type_url == ROUTE:
-            ready = self._ready_clusters()
             held = state.acked_resources
             for name, resource in list(desired.items()):
-                if not resource.needs <= ready:
+                if not all(self._applied(t, n) for t, n in resource.needs):
                     # Not yet: keep what the gateway has until its clusters are warm.
                     if name in held:
                         desired[name] = held[name]
@@ -230,10 +234,10 @@ class SotwStream:
                         del desired[name]
         return desired
 
-    def _ready_clusters(self) -> set[str]:
-        clusters = self.types.get(CLUSTER, TypeState()).acked_resources
-        endpoints = self.types.get(ENDPOINT, TypeState()).acked_resources.keys()
-        return {n for n, r in clusters.items() if r.needs <= endpoints}
+    def _applied(self, type_url: str, name: str) -> bool:
+        """Has the gateway ACKed this resource and, transitively, everything it needs?"""
+        resource = self.types.get(type_url, TypeState()).acked_resources.get(name)
+        return resource is not None and all(self._applied(t, n) for t, n in resource.needs)
 
     def _covers(self, type_url: str, state: TypeState, desired: Mapping[str, Resource]) -> bool:
         """Does `desired` carry every resource of the current snapshot this gateway asked for?"""
@@ -243,10 +247,10 @@ class SotwStream:
     def _update_synced(self) -> None:
         """The newest snapshot the gateway has applied in full (drives Ingress readiness)."""
         serials = []
-        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        for type_url in (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE):
             state = self.types.get(type_url)
             if state is None or not state.requested:
-                if type_url != ENDPOINT:  # no EDS subscription: no endpoints are wanted
+                if type_url not in (ENDPOINT, SECRET):  # no EDS/SDS subscription: nothing of it is wanted
                     return
                 continue
             serials.append(state.applied_serial)

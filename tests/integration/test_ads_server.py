@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kxds.app import Running, running
 from kxds.settings import Settings
-from kxds.xds.snapshot import CLUSTER, LISTENER
+from kxds.xds.type_urls import CLUSTER, LISTENER
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

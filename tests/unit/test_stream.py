@@ -12,7 +12,8 @@ from google.rpc import status_pb2
 from kxds.translate.clusters import ads_source
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds import stream as xs
-from kxds.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, build_snapshot
+from kxds.xds.snapshot import Snapshot, build_snapshot
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERIAL = iter(range(1, 1000))
 
@@ -36,6 +37,7 @@ def snapshot(clusters: dict[str, int], routes_to: list[str], listener_port: int 
         route_configs=(route_pb2.RouteConfiguration(name="r", virtual_hosts=[vhost]),),
         route_clusters={"r": frozenset(routes_to)},
         clusters=tuple(cds),
+        cluster_needs={name: frozenset({(ENDPOINT, name)}) for name in clusters},
         load_assignments=tuple(eds),
     )
     return build_snapshot(config, next(SERIAL))
@@ -215,7 +217,7 @@ def test_modified_eds_cluster_gets_a_fresh_assignment() -> None:
     resources = {t: dict(r) for t, r in changed.resources.items()}
     c = cluster_pb2.Cluster(name="a", type=cluster_pb2.Cluster.EDS, connect_timeout={"seconds": 9})
     c.eds_cluster_config.eds_config.CopyFrom(ads_source())
-    resources[CLUSTER]["a"] = xs.Resource.of("a", c, needs=["a"])
+    resources[CLUSTER]["a"] = xs.Resource.of("a", c, needs=[(ENDPOINT, "a")])
     (cds,) = stream.on_snapshot(Snapshot(serial=changed.serial, resources=resources))
     (eds,) = stream.on_request(ack(cds))
     assert eds.type_url == ENDPOINT and names_in(eds) == ["a"]
