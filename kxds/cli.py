@@ -99,7 +99,15 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
             probe_https=_as_int(args.probe_https_port),
         ),
         http_option_disabled="KOURIER_HTTPOPTION_DISABLED" in os.environ,
+        system_namespace=args.system_namespace,
+        default_certificate=_default_certificate(),
     )
+
+
+def _default_certificate() -> str:
+    """Kourier's legacy one-certificate env (config-kourier's certs-secret-* keys override it)."""
+    namespace, name = os.environ.get("CERTS_SECRET_NAMESPACE", ""), os.environ.get("CERTS_SECRET_NAME", "")
+    return f"{namespace}/{name}" if namespace and name else ""
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -21,13 +21,12 @@ from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service
 from kxds.model.world import World
 from kxds.settings import GatewaySettings
-from kxds.translate.gateway import GatewayConfig, Outcome, translate
+from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, translate
 from kxds.xds.fleet import Fleet
 from kxds.xds.snapshot import Snapshot, build_snapshot
 
 log = structlog.get_logger("kxds.controller")
 
-RECONCILE_FAILED = "ReconcileIngressFailed"
 NO_GATEWAY = "NoGatewayConnected"
 UNINITIALIZED = "Uninitialized"
 
@@ -129,7 +128,7 @@ class Controller:
         self.config = config
         self._track(world.ingresses, rejected, config, snapshot.serial)
         self._fleet.publish(snapshot)
-        for problem in (*world.kourier.problems, *world.network.problems):
+        for problem in (*world.kourier.problems, *world.network.problems, *config.problems):
             log.warning("config.invalid", problem=problem)
         log.info(
             "snapshot.built",
@@ -146,7 +145,11 @@ class Controller:
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self._debounce)
-            await self.rebuild()
+            try:
+                await self.rebuild()
+            except Exception:
+                # Keep serving the last good snapshot; the next change triggers another attempt.
+                log.exception("snapshot.failed", serial=self._serial)
 
     def _track(self, ingresses: Iterable[Ingress], rejected: Iterable[RejectedIngress], config: GatewayConfig, serial: int) -> None:
         served: dict[str, _Served] = {}
@@ -157,8 +160,8 @@ class Controller:
                 served[ingress.key] = before
             else:
                 served[ingress.key] = _Served(ingress.hash, outcome, serial)
-                if not outcome.programmed:
-                    log.warning("ingress.not_programmed", ingress=ingress.key, reason=outcome.reason, message=outcome.message)
+                if outcome.reason:
+                    log.warning("ingress.not_ready", ingress=ingress.key, reason=outcome.reason, message=outcome.message)
         for bad in rejected:
             before = self._served.get(bad.key)
             if before is None or before.hash != bad.hash:
@@ -184,7 +187,7 @@ class Controller:
     def _readiness(self, served: _Served | None, current_hash: str) -> tuple[bool, str, str]:
         if served is None or served.hash != current_hash:
             return False, UNINITIALIZED, "Waiting for the configuration to be built"
-        if not served.outcome.programmed:
+        if not served.outcome.programmed or served.outcome.reason:
             return False, served.outcome.reason, served.outcome.message
         if not self._fleet.gateways:
             return False, NO_GATEWAY, "No Envoy gateway is connected to kxds"

@@ -106,9 +106,12 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-async def serve_asgi(app: ASGIApp, host: str, port: int, stop: asyncio.Event | None = None) -> None:
+async def serve_asgi(app: ASGIApp, host: str, port: int, stop: asyncio.Event | None = None, *, certfile: str = "", keyfile: str = "") -> None:
+    """Serve on host:port until `stop`; with a certificate, TLS (ALPN h2 and http/1.1) instead."""
     config = Config()
     config.bind = [f"{host}:{port}"]
+    if certfile:
+        config.certfile, config.keyfile = certfile, keyfile
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0

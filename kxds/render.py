@@ -28,10 +28,19 @@ def render(source: Path, gateway: GatewaySettings, ingress_class: str, system_na
         "routes": _dicts(config.route_configs),
         "clusters": _dicts(config.clusters),
         "endpoints": _dicts(config.load_assignments),
+        "secrets": [_redacted(s) for s in _dicts(config.secrets)],
         "ingresses": {
             key: {"programmed": o.programmed, "reason": o.reason, "message": o.message} for key, o in sorted(config.outcomes.items())
         },
     }
+
+
+def _redacted(secret: dict[str, Any]) -> dict[str, Any]:
+    """Private keys never leave kxds except towards Envoy."""
+    certificate = secret.get("tls_certificate")
+    if certificate and "private_key" in certificate:
+        certificate["private_key"] = "[redacted]"
+    return secret
 
 
 def _dicts(messages: Iterable[message.Message]) -> list[dict[str, Any]]:

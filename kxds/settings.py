@@ -30,6 +30,11 @@ class GatewaySettings:
     ports: Ports = field(default_factory=Ports)
     # KOURIER_HTTPOPTION_DISABLED: ignore `httpOption: Redirected` everywhere (OpenShift).
     http_option_disabled: bool = False
+    # Where config-kourier, cluster-cert-secret and routing-serving-certs live.
+    system_namespace: str = "knative-serving"
+    # CERTS_SECRET_NAMESPACE/CERTS_SECRET_NAME as "ns/name": the one-certificate default for
+    # external HTTPS (config-kourier's certs-secret-* keys override it).
+    default_certificate: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2
 
@@ -25,7 +26,7 @@ def ads_source() -> config_source_pb2.ConfigSource:
     return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3)
 
 
-def cluster(service: Service, port: ServicePort, *, http2: bool) -> cluster_pb2.Cluster:
+def cluster(service: Service, port: ServicePort, *, http2: bool, upstream_tls: tls_pb2.UpstreamTlsContext | None = None) -> cluster_pb2.Cluster:
     name = names.cluster_name(service.namespace, service.name)
     out = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT)
     if service.type == "ExternalName":
@@ -45,6 +46,11 @@ def cluster(service: Service, port: ServicePort, *, http2: bool) -> cluster_pb2.
         packed = any_pb2.Any()
         packed.Pack(options)
         out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed)
+    if upstream_tls is not None:
+        context = any_pb2.Any()
+        context.Pack(upstream_tls)
+        out.transport_socket.name = "envoy.transport_sockets.tls"
+        out.transport_socket.typed_config.CopyFrom(context)
     return out
 
 

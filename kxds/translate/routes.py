@@ -18,8 +18,9 @@ OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 @dataclass(frozen=True, slots=True)
 class IngressVirtualHosts:
-    external: tuple[rc.VirtualHost, ...]
-    internal: tuple[rc.VirtualHost, ...]
+    external: tuple[rc.VirtualHost, ...]  # ExternalIP rules
+    internal: tuple[rc.VirtualHost, ...]  # every rule: the private gateway serves them all
+    cluster_local: tuple[rc.VirtualHost, ...]  # ClusterLocal rules only
     clusters: frozenset[str]  # every cluster a route of this Ingress names
 
 
@@ -37,11 +38,13 @@ def with_probe_paths(paths: Iterable[Path], digest: str) -> list[Path]:
     return probes + originals
 
 
-def ingress_virtual_hosts(ingress: Ingress, *, redirects_disabled: bool = False) -> IngressVirtualHosts:
+def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disabled: bool = False) -> IngressVirtualHosts:
+    """The Ingress's vhosts; `tls` gives the copies for HTTPS listeners, which never redirect."""
     external: dict[str, list[rc.Route]] = {}
     internal: dict[str, list[rc.Route]] = {}
+    cluster_local: dict[str, list[rc.Route]] = {}
     clusters: set[str] = set()
-    redirect = ingress.http_option is HTTPOption.REDIRECTED and not redirects_disabled
+    redirect = ingress.http_option is HTTPOption.REDIRECTED and not redirects_disabled and not tls
     for rule in ingress.rules:
         hosts = rule.hosts or ("*",)
         is_external = rule.visibility is Visibility.EXTERNAL_IP
@@ -55,11 +58,11 @@ def ingress_virtual_hosts(ingress: Ingress, *, redirects_disabled: bool = False)
                 clusters.update(names.cluster_name(s.service_namespace, s.service_name) for s in path.splits)
         for host in hosts:
             internal.setdefault(host, []).extend(routes)
-            if is_external:
-                external.setdefault(host, []).extend(routes)
+            (external if is_external else cluster_local).setdefault(host, []).extend(routes)
     return IngressVirtualHosts(
         external=tuple(_vhost(ingress.key, h, r) for h, r in sorted(external.items())),
         internal=tuple(_vhost(ingress.key, h, r) for h, r in sorted(internal.items())),
+        cluster_local=tuple(_vhost(ingress.key, h, r) for h, r in sorted(cluster_local.items())),
         clusters=frozenset(clusters),
     )
 

@@ -6,16 +6,7 @@ from typing import Any
 
 import pytest
 
-# Cases that cannot pass until a later issue lands: run, expected to fail (strict), reported as waiting.
-WAITING = {"tls": "TLS is not built yet", "httpoption": "TLS is not built yet"}
 _outcomes: dict[str, str] = {}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        marker = item.get_closest_marker("case")
-        if marker and marker.args[0] in WAITING:
-            item.add_marker(pytest.mark.xfail(reason=WAITING[marker.args[0]], strict=True))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -24,9 +15,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     marker = item.get_closest_marker("case")
     if marker and (report.when == "call" or report.failed or report.skipped):
         name = marker.args[0]
-        if hasattr(report, "wasxfail"):
-            _outcomes[name] = "waiting" if report.skipped else "failed"
-        elif report.failed:
+        if report.failed or report.skipped:
             _outcomes[name] = "failed"
         elif report.when == "call":
             _outcomes.setdefault(name, "passed")
@@ -36,10 +25,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _outcomes:
         return
-    by = {k: sorted(n for n, o in _outcomes.items() if o == k) for k in ("passed", "failed", "waiting")}
+    by = {k: sorted(n for n, o in _outcomes.items() if o == k) for k in ("passed", "failed")}
     write = terminalreporter.write_line
     write("")
-    for outcome in ("passed", "failed", "waiting"):
+    for outcome in ("passed", "failed"):
         if by[outcome]:
             write(f"conformance {outcome}: {', '.join(by[outcome])}")
     write(f"conformance: {len(by['passed'])} passed, {len(by['failed'])} failed")

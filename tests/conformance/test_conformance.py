@@ -283,7 +283,7 @@ def test_timeout(stack: Stack) -> None:
 
 @case("tls")
 def test_tls(stack: Stack) -> None:
-    from tests.conformance.certificates import self_signed
+    from tests.certificates import self_signed
 
     name = unique("tls")
     target = create_backend(stack, name)
@@ -480,7 +480,7 @@ def test_headers_tags(stack: Stack) -> None:
 
 @case("httpoption")
 def test_httpoption(stack: Stack) -> None:
-    from tests.conformance.certificates import self_signed
+    from tests.certificates import self_signed
 
     name = unique("httpoption")
     results = {}

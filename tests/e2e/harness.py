@@ -60,8 +60,8 @@ class Backends:
         self.ports: dict[str, int] = {}
         self.hits: Counter[str] = Counter()
 
-    def start(self, name: str, app: Callable[[str, int], Any] = echo_app) -> int:
-        """Serve `app(name, port)` on a free port; returns the port."""
+    def start(self, name: str, app: Callable[[str, int], Any] = echo_app, certfile: str = "", keyfile: str = "") -> int:
+        """Serve `app(name, port)` on a free port (over TLS with a certificate); returns the port."""
         port = free_port()
         inner = app(name, port)
 
@@ -71,7 +71,7 @@ class Backends:
             await inner(scope, receive, send)
 
         stop = asyncio.Event()
-        task = asyncio.run_coroutine_threadsafe(serve_asgi(counting, LOCAL, port, stop), self._loop)
+        task = asyncio.run_coroutine_threadsafe(serve_asgi(counting, LOCAL, port, stop, certfile=certfile, keyfile=keyfile), self._loop)
         self._servers[name] = (stop, task)
         self.ports[name] = port
         wait_until(lambda: _connectable(port), what=f"backend {name} on port {port}")

@@ -257,3 +257,24 @@ def test_readiness_advances_under_churn_faster_than_acks() -> None:
     assert stream.synced_serial == second.serial
     stream.on_request(ack(eds3, ["a"]))
     assert stream.synced_serial == third.serial
+
+
+def test_routes_wait_for_the_secrets_their_clusters_need() -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+    from kxds.xds.type_urls import SECRET
+
+    base = snapshot({"a": 1}, ["a"])
+    stream = xs.SotwStream(base)
+    converge(stream)
+    resources = {t: dict(r) for t, r in snapshot({"a": 1, "tls": 2}, ["tls"]).resources.items()}
+    c = cluster_pb2.Cluster(name="tls", type=cluster_pb2.Cluster.EDS)
+    resources[CLUSTER]["tls"] = xs.Resource.of("tls", c, needs=[(ENDPOINT, "tls"), (SECRET, "ca")])
+    resources[SECRET] = {"ca": xs.Resource.of("ca", secret_pb2.Secret(name="ca"))}
+    (cds,) = stream.on_snapshot(Snapshot(serial=base.serial + 100, resources=resources))
+    stream.on_request(ack(cds))
+    (eds,) = stream.on_request(request(ENDPOINT, ["a", "tls"], nonce=stream.types[ENDPOINT].last_nonce))
+    assert stream.on_request(ack(eds, ["a", "tls"])) == []  # the CA is not there yet: routes hold
+    (sds,) = stream.on_request(request(SECRET, ["ca"]))
+    (rds,) = stream.on_request(ack(sds, ["ca"]))
+    assert rds.type_url == ROUTE
