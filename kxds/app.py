@@ -31,6 +31,8 @@ class Running:
     fleet: Fleet
     xds_port: int
     admin_port: int
+    # The watch and rebuild loops: they run until stopped, so one that ends has crashed.
+    tasks: list[asyncio.Task[None]]
 
 
 @contextlib.asynccontextmanager
@@ -62,7 +64,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     tasks = [asyncio.create_task(controller.run()), asyncio.create_task(source.run(stop))]
     log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, source=str(settings.source_dir), ingress_class=settings.ingress_class)
     try:
-        yield Running(controller, fleet, xds.port, bound_admin)
+        yield Running(controller, fleet, xds.port, bound_admin, tasks)
     finally:
         stop.set()
         for task in tasks:
@@ -81,6 +83,15 @@ async def wait_for_signal() -> None:
     await stop.wait()
 
 
-async def serve(settings: Settings) -> None:
-    async with running(settings):
-        await wait_for_signal()
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (exit 0), or until a background loop crashes (exit 1), so that
+    the orchestrator restarts kxds instead of it serving a configuration that no longer follows."""
+    async with running(settings) as plane:
+        signal_task = asyncio.create_task(wait_for_signal())
+        done, _ = await asyncio.wait([signal_task, *plane.tasks], return_when=asyncio.FIRST_COMPLETED)
+        signal_task.cancel()
+        for task in done - {signal_task}:
+            error = task.exception() if not task.cancelled() else None
+            log.error("kxds.crashed", task=task.get_coro().__qualname__, error=repr(error), exc_info=error)  # type: ignore[union-attr]
+            return 1
+    return 0

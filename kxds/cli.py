@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "serve":
             from kxds.app import serve
 
-            asyncio.run(serve(settings_from(args)))
+            return asyncio.run(serve(settings_from(args)))
         case "bootstrap":
             from kxds.bootstrap import render_bootstrap
 
