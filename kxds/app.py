@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -15,8 +16,8 @@ from kxds.admin import admin_app
 from kxds.bootstrap import split_address
 from kxds.controller import Controller
 from kxds.metrics import Metrics
-from kxds.model.objects import Filters
-from kxds.settings import Settings
+from kxds.model.objects import Filters, ObjectKey
+from kxds.settings import KubernetesSettings, Settings
 from kxds.sources.files import FileSource
 from kxds.xds.fleet import Fleet
 from kxds.xds.server import XdsServer
@@ -36,43 +37,88 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    """The control plane, primed and serving, for as long as the context is open."""
+async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Running]:
+    """The control plane, primed and serving, for as long as the context is open.
+
+    `kube_api` (a kubernetes ApiClient) overrides the one built from the settings, for tests.
+    """
     metrics = Metrics()
     fleet = Fleet(Snapshot(serial=0, resources={}), metrics)
     controller = Controller(fleet, settings.gateway, metrics, debounce_seconds=settings.debounce_seconds)
-    source = FileSource(
-        settings.source_dir,
-        Filters(ingress_class=settings.ingress_class, system_namespace=settings.system_namespace),
-        controller.apply,
-        on_reject=lambda kind: metrics.rejected_objects.labels(kind).inc(),
-    )
-    # Prime: read and translate everything before any gateway can connect, so a restarted
-    # control plane never serves an empty or partial configuration.
-    source.load()
-    await controller.rebuild()
-    xds = XdsServer(fleet, settings.xds_address)
-    await xds.start()
-    await xds.set_serving()
-    admin_host, admin_port = split_address(settings.admin_address)
-    runner = web.AppRunner(admin_app(controller, fleet, metrics, serving=lambda: True), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, admin_host, admin_port)
-    await site.start()
-    bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(controller.run()), asyncio.create_task(source.run(stop))]
-    log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, source=str(settings.source_dir), ingress_class=settings.ingress_class)
-    try:
+    filters = Filters(ingress_class=settings.ingress_class, system_namespace=settings.system_namespace)
+    async with contextlib.AsyncExitStack() as stack:
+        # Prime: every object is read and translated before any gateway can connect, so a restarted
+        # control plane never serves an empty or partial configuration.
+        if settings.kubernetes is not None:
+            tasks = await stack.enter_async_context(_kubernetes_source(settings, settings.kubernetes, filters, controller, fleet, kube_api))
+        else:
+            tasks = _file_source(settings, filters, controller, metrics)
+        await controller.rebuild()
+        xds = XdsServer(fleet, settings.xds_address)
+        await xds.start()
+        stack.push_async_callback(xds.stop)
+        await xds.set_serving()
+        admin_host, admin_port = split_address(settings.admin_address)
+        runner = web.AppRunner(admin_app(controller, fleet, metrics, serving=lambda: True), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, admin_host, admin_port).start()
+        bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
+        tasks.append(asyncio.create_task(controller.run()))
+        stack.push_async_callback(_cancel, tasks)
+        log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, ingress_class=settings.ingress_class,
+                 source="kubernetes" if settings.kubernetes is not None else str(settings.source_dir))
         yield Running(controller, fleet, xds.port, bound_admin, tasks)
+    log.info("kxds.stopped")
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _file_source(settings: Settings, filters: Filters, controller: Controller, metrics: Metrics) -> list[asyncio.Task[None]]:
+    if settings.source_dir is None:
+        raise ValueError("a source directory is required without --kubernetes")
+    source = FileSource(settings.source_dir, filters, controller.apply, on_reject=lambda kind: metrics.rejected_objects.labels(kind).inc())
+    source.load()
+    return [asyncio.create_task(source.run())]
+
+
+@contextlib.asynccontextmanager
+async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filters: Filters, controller: Controller, fleet: Fleet,
+                             api: Any) -> AsyncIterator[list[asyncio.Task[None]]]:
+    from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, api_client, ingress_status_patcher
+    from kxds.status import LoadBalancers, StatusWriter
+
+    api = api or api_client(kube.kubeconfig)
+    writer = StatusWriter(controller.statuses, ingress_status_patcher(api), LoadBalancers(gateway_namespace=kube.gateway_namespace, cluster_domain=kube.cluster_domain))
+
+    def on_raw(key: ObjectKey, raw: Mapping[str, Any] | None) -> None:
+        if key.kind == "Ingress":
+            writer.observe(f"{key.namespace}/{key.name}", raw)
+
+    options = KubernetesOptions(namespace=kube.namespace, system_namespace=settings.system_namespace,
+                                secrets_by_certificate_uid=kube.secrets_by_certificate_uid)
+    source = KubernetesSource(api, filters, options, controller.apply, on_raw)
+    source.start()
+    try:
+        await source.primed()
+        yield [asyncio.create_task(_write_statuses(writer, controller, fleet))]
     finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await xds.stop()
-        await runner.cleanup()
-        log.info("kxds.stopped")
+        await source.stop()
+
+
+async def _write_statuses(writer: Any, controller: Controller, fleet: Fleet) -> None:
+    """Re-check statuses whenever a rebuild or a gateway ACK may have changed readiness."""
+    while True:
+        waits = [asyncio.ensure_future(controller.wait_rebuilt()), asyncio.ensure_future(fleet.wait_changed())]
+        await asyncio.wait(waits, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.sleep(0.02)  # let a burst of ACKs land
+        await writer.sync()
 
 
 async def wait_for_signal() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, Ports, Settings
+from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, KubernetesSettings, Ports, Settings
 
 
 def _env_name(flag: str) -> str:
@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve Envoy configuration for Knative Ingresses over ADS")
-    _source_flag(serve)
+    _source_flag(serve, required=False)
+    _flag(serve, "--kubernetes", action="store_true", help="watch the cluster (kubeconfig or in-cluster) instead of --source")
+    _flag(serve, "--kubeconfig", default="", help="kubeconfig file (default: in-cluster service account)")
+    _flag(serve, "--namespace", default="", help="watch only this namespace (default: all)")
+    _flag(serve, "--gateway-namespace", default=os.environ.get("KOURIER_GATEWAY_NAMESPACE", "kourier-system"),
+          help="namespace of the gateway Services, for the status load balancer names")
+    _flag(serve, "--cluster-domain", default="cluster.local", help="cluster domain of the status load balancer names")
     _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
     _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
     _gateway_flags(serve)
@@ -111,8 +117,20 @@ def _default_certificate() -> str:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    kubernetes = None
+    if getattr(args, "kubernetes", False) not in (False, "", "0", "false"):
+        kubernetes = KubernetesSettings(
+            kubeconfig=args.kubeconfig,
+            namespace=args.namespace,
+            gateway_namespace=args.gateway_namespace,
+            cluster_domain=args.cluster_domain,
+            secrets_by_certificate_uid=os.environ.get("ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID", "").lower() == "true",
+        )
+    elif not args.source:
+        raise SystemExit("kxds serve: give --source DIR, or --kubernetes to watch a cluster")
     return Settings(
-        source_dir=Path(args.source),
+        source_dir=Path(args.source) if args.source else None,
+        kubernetes=kubernetes,
         xds_address=args.xds_address,
         admin_address=args.admin_address,
         ingress_class=args.ingress_class,

@@ -104,6 +104,7 @@ class Controller:
         self._dirty = asyncio.Event()
         self.primed = False
         self.config = GatewayConfig()
+        self._rebuilt = asyncio.Event()
 
     @property
     def objects(self) -> Mapping[ObjectKey, Parsed]:
@@ -138,7 +139,12 @@ class Controller:
             seconds=round(elapsed, 4),
         )
         self.primed = True
+        self._rebuilt.set()
+        self._rebuilt = asyncio.Event()
         return snapshot
+
+    async def wait_rebuilt(self) -> None:
+        await self._rebuilt.wait()
 
     async def run(self) -> None:
         """Rebuild whenever objects changed, coalescing bursts that arrive within the debounce."""

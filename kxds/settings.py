@@ -38,8 +38,18 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KubernetesSettings:
+    kubeconfig: str = ""  # "" → in-cluster configuration, else this file
+    namespace: str = ""  # "" → every namespace
+    gateway_namespace: str = "kourier-system"  # KOURIER_GATEWAY_NAMESPACE: status hostnames, prober targets
+    cluster_domain: str = "cluster.local"
+    secrets_by_certificate_uid: bool = False  # ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    source_dir: Path
+    source_dir: Path | None = None
+    kubernetes: KubernetesSettings | None = None
     xds_address: str = "0.0.0.0:18000"
     admin_address: str = "127.0.0.1:9090"
     ingress_class: str = DEFAULT_INGRESS_CLASS

@@ -40,7 +40,7 @@ def test_httpoption_disabled_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_source_is_a_usage_error() -> None:
     result = kxds("serve")
-    assert result.returncode == 2 and "--source" in result.stderr
+    assert result.returncode == 1 and "give --source DIR, or --kubernetes" in result.stderr
 
 
 def test_render_prints_the_resources_as_json() -> None:

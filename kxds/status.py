@@ -1,0 +1,133 @@
+"""Ingress status as Knative expects it (knative-ingress-contract.md §8), written only when it changes.
+
+Conditions NetworkConfigured, LoadBalancerReady and Ready (sorted by type), `observedGeneration`
+on every write, and Kourier's load-balancer hostnames. A condition's lastTransitionTime moves only
+when its status does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from kxds.controller import NO_GATEWAY, UNINITIALIZED, IngressStatus
+from kxds.translate.gateway import DOMAIN_CONFLICT, RECONCILE_FAILED
+
+log = structlog.get_logger("kxds.status")
+
+LB_WAITING = "Waiting for load balancer to be ready"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadBalancers:
+    gateway_namespace: str = "kourier-system"
+    cluster_domain: str = "cluster.local"
+
+    def public(self) -> dict[str, Any]:
+        return {"ingress": [{"domainInternal": f"kourier.{self.gateway_namespace}.svc.{self.cluster_domain}"}]}
+
+    def private(self) -> dict[str, Any]:
+        return {"ingress": [{"domainInternal": f"kourier-internal.{self.gateway_namespace}.svc.{self.cluster_domain}"}]}
+
+
+def _condition(kind: str, status: str, reason: str = "", message: str = "") -> dict[str, str]:
+    out = {"type": kind, "status": status}
+    if reason:
+        out["reason"] = reason
+    if message:
+        out["message"] = message
+    return out
+
+
+def conditions_for(status: IngressStatus) -> list[dict[str, str]]:
+    """The three conditions for a readiness verdict, without timestamps."""
+    if status.ready:
+        network, balancer = _condition("NetworkConfigured", "True"), _condition("LoadBalancerReady", "True")
+        ready = _condition("Ready", "True")
+    elif status.reason == DOMAIN_CONFLICT:
+        network = _condition("NetworkConfigured", "True")
+        balancer = _condition("LoadBalancerReady", "False", status.reason, status.message)
+        ready = _condition("Ready", "False", status.reason, status.message)
+    elif status.reason in (UNINITIALIZED, NO_GATEWAY):
+        network = _condition("NetworkConfigured", "True")
+        balancer = _condition("LoadBalancerReady", "Unknown", UNINITIALIZED, status.message or LB_WAITING)
+        ready = _condition("Ready", "Unknown", UNINITIALIZED, status.message or LB_WAITING)
+    else:  # ReconcileIngressFailed, BackendNotFound, a rejected configuration
+        reason = status.reason or RECONCILE_FAILED
+        network = _condition("NetworkConfigured", "Unknown", reason, status.message)
+        balancer = _condition("LoadBalancerReady", "Unknown", reason, status.message)
+        ready = _condition("Ready", "Unknown", reason, status.message)
+    return sorted([network, balancer, ready], key=lambda c: c["type"])
+
+
+def desired_status(status: IngressStatus, generation: int, previous: Mapping[str, Any] | None, balancers: LoadBalancers,
+                   now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> dict[str, Any]:
+    before = {c.get("type"): c for c in (previous or {}).get("conditions") or [] if isinstance(c, Mapping)}
+    stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = []
+    for condition in conditions_for(status):
+        old = before.get(condition["type"])
+        same = old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime")
+        conditions.append({**condition, "lastTransitionTime": old["lastTransitionTime"] if same and old else stamp})
+    return {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "publicLoadBalancer": balancers.public(),
+        "privateLoadBalancer": balancers.private(),
+    }
+
+
+def _comparable(status: Mapping[str, Any] | None) -> Any:
+    """A status without timestamps, to decide whether a write is needed."""
+    if not status:
+        return None
+    conditions = [{k: v for k, v in c.items() if k not in ("lastTransitionTime", "severity")} for c in status.get("conditions") or []]
+    return {**status, "conditions": sorted(conditions, key=lambda c: str(c.get("type")))}
+
+
+class StatusWriter:
+    """Keeps every owned Ingress's status in line with kxds's view, writing only differences."""
+
+    def __init__(self, statuses: Callable[[], list[IngressStatus]], patch: Callable[[str, str, dict[str, Any]], None],
+                 balancers: LoadBalancers) -> None:
+        self._statuses = statuses
+        self._patch = patch
+        self._balancers = balancers
+        self.observed: dict[str, Mapping[str, Any]] = {}  # "ns/name" → raw object as last seen
+        self.writes = 0
+
+    def observe(self, key: str, raw: Mapping[str, Any] | None) -> None:
+        if raw is None:
+            self.observed.pop(key, None)
+        else:
+            self.observed[key] = raw
+
+    async def sync(self) -> int:
+        """Write what differs; returns how many Ingresses were written."""
+        written = 0
+        for status in self._statuses():
+            key = f"{status.namespace}/{status.name}"
+            raw = self.observed.get(key)
+            if raw is None:
+                continue
+            generation = int((raw.get("metadata") or {}).get("generation") or 0)
+            current = raw.get("status")
+            wanted = desired_status(status, generation, current, self._balancers)
+            if _comparable(current) == _comparable(wanted):
+                continue
+            try:
+                await asyncio.to_thread(self._patch, status.namespace, status.name, {"status": wanted})
+            except Exception as exc:  # the next sync retries; one failed write must not stop the others
+                log.warning("status.write_failed", ingress=key, error=repr(exc))
+                continue
+            # Remember what we wrote so the same status is not written again before the watch echoes it.
+            self.observed[key] = {**raw, "status": wanted}
+            written += 1
+            log.info("status.written", ingress=key, generation=generation, ready=status.ready, reason=status.reason)
+        self.writes += written
+        return written

@@ -1,0 +1,90 @@
+"""kmock's KubernetesEmulator, extended with what the watch tests need (as its docs invite).
+
+The stock emulator keeps objects as plain merged dicts: no resourceVersion, no generation, no 410.
+This subclass adds a cluster-wide resourceVersion counter stamped on every write, `generation`
+bumped when a spec changes (status writes never bump it), lists that carry the current
+resourceVersion, and `expire(resource)`, which ends the resource's open watches with 410 Gone and
+refuses to resume from any older resourceVersion, as an API server does after compaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+from kmock import KubernetesEmulator
+from kmock._internal import enums, rendering
+
+
+def _gone() -> dict[str, Any]:
+    return {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
+                                        "message": "too old resource version"}}
+
+
+@attrs.define(kw_only=True)
+class VersionedEmulator(KubernetesEmulator):
+    _version: int = attrs.field(default=0, init=False)
+    # Keyed by the resource's plural name.
+    _compacted: dict[str, int] = attrs.field(factory=dict, init=False)
+    _expired: dict[str, asyncio.Event] = attrs.field(factory=lambda: collections.defaultdict(asyncio.Event), init=False)
+    watch_requests: list[dict[str, str]] = attrs.field(factory=list, init=False)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is not None and isinstance(request.data, dict):
+            if request.action in (enums.action.CREATE, enums.action.UPDATE):
+                self._stamp(request)
+        return await super()._handle(request)
+
+    def _stamp(self, request: rendering.Request) -> None:
+        self._version += 1
+        metadata = request.data.setdefault("metadata", {})
+        metadata["resourceVersion"] = str(self._version)
+        if request.action == enums.action.CREATE:
+            metadata.setdefault("generation", 1)
+            metadata.setdefault("creationTimestamp", f"2026-01-01T00:00:{self._version % 60:02d}Z")
+            return
+        key = (request.resource, request.namespace, request.name)
+        stored = self.objects[key].raw if key in self.objects else {}
+        generation = (stored.get("metadata") or {}).get("generation", 1)
+        if request.subresource != "status" and "spec" in request.data and request.data["spec"] != stored.get("spec"):
+            generation += 1
+        metadata["generation"] = generation
+
+    async def _serve_list(self, request: rendering.Request) -> Any:
+        payload = await super()._serve_list(request)
+        payload["metadata"]["resourceVersion"] = str(self._version)
+        return copy.deepcopy(payload)
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        self.watch_requests.append(dict(request.params))
+        plural = str(request.resource.plural if request.resource is not None else "")
+        since = request.params.get("resourceVersion")
+        if since and since.isdigit() and int(since) < self._compacted.get(plural, 0):
+            yield b""
+            yield _gone()
+            return
+        expired = self._expired[plural]
+        stream = super()._serve_watch(request).__aiter__()
+        while True:
+            step = asyncio.ensure_future(stream.__anext__())
+            gone = asyncio.ensure_future(expired.wait())
+            done, _ = await asyncio.wait([step, gone], return_when=asyncio.FIRST_COMPLETED)
+            if gone in done and step not in done:
+                step.cancel()
+                yield _gone()
+                return
+            gone.cancel()
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                return
+
+    def expire(self, plural: str) -> None:
+        """Compact history: open watches end with 410 Gone; older versions cannot be resumed from."""
+        self._compacted[plural] = self._version + 1
+        self._expired[plural].set()
+        self._expired[plural] = asyncio.Event()
