@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
-from collections.abc import AsyncIterator, Mapping
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +18,8 @@ from aiohttp import web
 
 from kxds.admin import admin_app
 from kxds.bootstrap import split_address
-from kxds.controller import Controller
+from kxds import __version__
+from kxds.controller import Controller, IngressStatus
 from kxds.metrics import Metrics
 from kxds.model.objects import Filters, ObjectKey
 from kxds.settings import KubernetesSettings, Settings
@@ -89,11 +94,27 @@ def _file_source(settings: Settings, filters: Filters, controller: Controller, m
 @contextlib.asynccontextmanager
 async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filters: Filters, controller: Controller, fleet: Fleet,
                              api: Any) -> AsyncIterator[list[asyncio.Task[None]]]:
+    from kxds.leader import LeaderElector, LeaseSettings
+    from kxds.model.ingress import Ingress
+    from kxds.prober import GATEWAY_SERVICE, Prober
     from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, api_client, ingress_status_patcher
     from kxds.status import LoadBalancers, StatusWriter
 
+    identity = kube.identity or f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
     api = api or api_client(kube.kubeconfig)
-    writer = StatusWriter(controller.statuses, ingress_status_patcher(api), LoadBalancers(gateway_namespace=kube.gateway_namespace, cluster_domain=kube.cluster_domain))
+    api.user_agent = f"kxds/{__version__} ({identity})"
+    prober = Prober(settings.gateway.ports)
+
+    async def verify(status: IngressStatus) -> bool:
+        """Every gateway pod serves the current hash: this replica's ACKs, else the Knative probe."""
+        ingress = controller.objects.get(ObjectKey("Ingress", status.namespace, status.name))
+        pods = controller.gateway_pods(kube.gateway_namespace, GATEWAY_SERVICE)
+        if not isinstance(ingress, Ingress) or not pods:
+            return status.ready  # no gateway pods known: this replica's own gateways decide
+        return await prober.ready(ingress, pods, controller.acked_gateway_ips(ingress.key))
+
+    writer = StatusWriter(controller.statuses, ingress_status_patcher(api),
+                          LoadBalancers(gateway_namespace=kube.gateway_namespace, cluster_domain=kube.cluster_domain), verify)
 
     def on_raw(key: ObjectKey, raw: Mapping[str, Any] | None) -> None:
         if key.kind == "Ingress":
@@ -102,23 +123,44 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
     options = KubernetesOptions(namespace=kube.namespace, system_namespace=settings.system_namespace,
                                 secrets_by_certificate_uid=kube.secrets_by_certificate_uid)
     source = KubernetesSource(api, filters, options, controller.apply, on_raw)
+    loop = asyncio.get_running_loop()
+    leadership = asyncio.Event()
+    elector = None
+    if kube.leader_election:
+        lease = LeaseSettings(namespace=settings.system_namespace, identity=identity,
+                              duration_seconds=kube.lease_duration_seconds, renew_every_seconds=kube.lease_renew_seconds)
+
+        def wake(leader: bool) -> None:
+            loop.call_soon_threadsafe(leadership.set)
+
+        elector = LeaderElector(api, lease, on_change=wake)
+        threading.Thread(target=elector.run, name="leader-election", daemon=True).start()
     source.start()
     try:
         await source.primed()
-        yield [asyncio.create_task(_write_statuses(writer, controller, fleet))]
+        leads = (lambda: elector.is_leader) if elector is not None else (lambda: True)
+        yield [asyncio.create_task(_write_statuses(writer, prober, controller, fleet, leads, leadership))]
     finally:
         await source.stop()
+        if elector is not None:
+            await asyncio.to_thread(elector.stop)
 
 
-async def _write_statuses(writer: Any, controller: Controller, fleet: Fleet) -> None:
-    """Re-check statuses whenever a rebuild or a gateway ACK may have changed readiness."""
+async def _write_statuses(writer: Any, prober: Any, controller: Controller, fleet: Fleet, leads: Callable[[], bool],
+                          leadership: asyncio.Event) -> None:
+    """Re-check statuses (as leader) whenever a rebuild, an ACK or leadership may have changed them;
+    at least every second while anything is still being probed."""
     while True:
-        waits = [asyncio.ensure_future(controller.wait_rebuilt()), asyncio.ensure_future(fleet.wait_changed())]
-        await asyncio.wait(waits, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+        waits = [asyncio.ensure_future(controller.wait_rebuilt()), asyncio.ensure_future(fleet.wait_changed()),
+                 asyncio.ensure_future(leadership.wait())]
+        await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits:
             waiting.cancel()
+        leadership.clear()
         await asyncio.sleep(0.02)  # let a burst of ACKs land
-        await writer.sync()
+        if leads():
+            await writer.sync()
+            prober.forget((f"{s.namespace}/{s.name}", s.hash) for s in controller.statuses())
 
 
 async def wait_for_signal() -> None:

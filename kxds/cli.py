@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--gateway-namespace", default=os.environ.get("KOURIER_GATEWAY_NAMESPACE", "kourier-system"),
           help="namespace of the gateway Services, for the status load balancer names")
     _flag(serve, "--cluster-domain", default="cluster.local", help="cluster domain of the status load balancer names")
+    _flag(serve, "--no-leader-election", action="store_true", help="write status from this replica without holding the Lease")
+    _flag(serve, "--identity", default="", help="leader election identity (default: $POD_NAME or host name, plus a random suffix)")
+    _flag(serve, "--lease-duration", type=float, default=15.0, help="seconds a leader's Lease lasts without renewal")
+    _flag(serve, "--lease-renew-interval", type=float, default=2.0, help="seconds between Lease renewals and attempts")
     _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
     _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
     _gateway_flags(serve)
@@ -125,6 +129,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
             gateway_namespace=args.gateway_namespace,
             cluster_domain=args.cluster_domain,
             secrets_by_certificate_uid=os.environ.get("ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID", "").lower() == "true",
+            leader_election=args.no_leader_election in (False, "", "0", "false"),
+            identity=args.identity,
+            lease_duration_seconds=float(args.lease_duration),
+            lease_renew_seconds=float(args.lease_renew_interval),
         )
     elif not args.source:
         raise SystemExit("kxds serve: give --source DIR, or --kubernetes to watch a cluster")

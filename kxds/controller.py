@@ -175,6 +175,18 @@ class Controller:
             served[bad.key] = _Served(bad.hash, Outcome(programmed=False, reason=RECONCILE_FAILED, message=str(bad.error)), serial)
         self._served = served
 
+    def acked_gateway_ips(self, key: str) -> set[str]:
+        """Addresses of this replica's gateways that applied the Ingress's current translation."""
+        served = self._served.get(key)
+        if served is None:
+            return set()
+        return {g.peer_ip for g in self._fleet.gateways.values() if g.stream.synced_serial >= served.since_serial}
+
+    def gateway_pods(self, namespace: str, service: str) -> list[str]:
+        """Ready addresses of a Service's EndpointSlices: the gateway pods to probe."""
+        return sorted({a for o in self._objects.values() if isinstance(o, EndpointSlice) and o.namespace == namespace
+                       and o.service_name == service for a in o.addresses})
+
     def statuses(self) -> list[IngressStatus]:
         """Readiness of every Ingress of our class, as /ingresses reports it."""
         out = []

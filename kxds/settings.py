@@ -44,6 +44,11 @@ class KubernetesSettings:
     gateway_namespace: str = "kourier-system"  # KOURIER_GATEWAY_NAMESPACE: status hostnames, prober targets
     cluster_domain: str = "cluster.local"
     secrets_by_certificate_uid: bool = False  # ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID
+    # Only the holder of this Lease (in the system namespace) writes status; every replica serves xDS.
+    leader_election: bool = True
+    identity: str = ""  # default: $POD_NAME or the host name, plus a random suffix
+    lease_duration_seconds: float = 15.0
+    lease_renew_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,8 +8,8 @@ when its status does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -94,10 +94,12 @@ class StatusWriter:
     """Keeps every owned Ingress's status in line with kxds's view, writing only differences."""
 
     def __init__(self, statuses: Callable[[], list[IngressStatus]], patch: Callable[[str, str, dict[str, Any]], None],
-                 balancers: LoadBalancers) -> None:
+                 balancers: LoadBalancers, verify: Callable[[IngressStatus], Awaitable[bool]] | None = None) -> None:
         self._statuses = statuses
         self._patch = patch
         self._balancers = balancers
+        # Every gateway pod's own word (the hash probe) instead of this replica's ACKs alone.
+        self._verify = verify
         self.observed: dict[str, Mapping[str, Any]] = {}  # "ns/name" → raw object as last seen
         self.writes = 0
 
@@ -115,6 +117,9 @@ class StatusWriter:
             raw = self.observed.get(key)
             if raw is None:
                 continue
+            if self._verify is not None and status.reason in ("", UNINITIALIZED, NO_GATEWAY):
+                ready = await self._verify(status)
+                status = replace(status, ready=ready, reason="" if ready else UNINITIALIZED, message="" if ready else LB_WAITING)
             generation = int((raw.get("metadata") or {}).get("generation") or 0)
             current = raw.get("status")
             wanted = desired_status(status, generation, current, self._balancers)

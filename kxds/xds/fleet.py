@@ -32,6 +32,12 @@ class Gateway:
     last_nack: str = ""
 
     @property
+    def peer_ip(self) -> str:
+        """The gateway's address as gRPC reports it ("ipv4:10.0.0.5:41234" → "10.0.0.5")."""
+        address = self.peer.split(":", 1)[-1]
+        return address.rsplit(":", 1)[0].strip("[]")
+
+    @property
     def node_id(self) -> str:
         return self.stream.node.id if self.stream.node is not None else ""
 

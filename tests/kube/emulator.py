@@ -1,10 +1,16 @@
 """kmock's KubernetesEmulator, extended with what the watch tests need (as its docs invite).
 
 The stock emulator keeps objects as plain merged dicts: no resourceVersion, no generation, no 410.
-This subclass adds a cluster-wide resourceVersion counter stamped on every write, `generation`
+This subclass adds a cluster-wide resourceVersion counter stamped on every write, optimistic
+concurrency (a write carrying a stale resourceVersion gets 409 Conflict), `generation`
 bumped when a spec changes (status writes never bump it), lists that carry the current
 resourceVersion, and `expire(resource)`, which ends the resource's open watches with 410 Gone and
-refuses to resume from any older resourceVersion, as an API server does after compaction.
+refuses to resume from any older resourceVersion, as an API server does after compaction; and
+`hold_lists(resource)`, which makes lists wait, so a test can stage changes while a watch is down.
+
+Not emulated: replaying history from a resourceVersion. A watch started from a version still gets
+every existing object as ADDED and then live events, so a change made between a list and the
+next watch is seen by no watcher; the relist test stages its changes while lists are held.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-from kmock import KubernetesEmulator
+from kmock import KubernetesEmulator, KubernetesError
 from kmock._internal import enums, rendering
 
 
@@ -32,6 +38,8 @@ class VersionedEmulator(KubernetesEmulator):
     _compacted: dict[str, int] = attrs.field(factory=dict, init=False)
     _expired: dict[str, asyncio.Event] = attrs.field(factory=lambda: collections.defaultdict(asyncio.Event), init=False)
     watch_requests: list[dict[str, str]] = attrs.field(factory=list, init=False)
+    # Plural names whose list requests wait until released (to stage changes during an outage).
+    _held: dict[str, asyncio.Event] = attrs.field(factory=dict, init=False)
 
     async def _handle(self, request: rendering.Request) -> Any:
         if request.resource is not None and isinstance(request.data, dict):
@@ -40,21 +48,27 @@ class VersionedEmulator(KubernetesEmulator):
         return await super()._handle(request)
 
     def _stamp(self, request: rendering.Request) -> None:
-        self._version += 1
         metadata = request.data.setdefault("metadata", {})
+        key = (request.resource, request.namespace, request.name)
+        stored = self.objects[key].raw if request.action == enums.action.UPDATE and key in self.objects else {}
+        claimed, current = metadata.get("resourceVersion"), (stored.get("metadata") or {}).get("resourceVersion")
+        if claimed and current and claimed != current:
+            raise KubernetesError(status=409, reason="Conflict", message="the object has been modified; please apply your changes to the latest version")
+        self._version += 1
         metadata["resourceVersion"] = str(self._version)
         if request.action == enums.action.CREATE:
             metadata.setdefault("generation", 1)
             metadata.setdefault("creationTimestamp", f"2026-01-01T00:00:{self._version % 60:02d}Z")
             return
-        key = (request.resource, request.namespace, request.name)
-        stored = self.objects[key].raw if key in self.objects else {}
         generation = (stored.get("metadata") or {}).get("generation", 1)
         if request.subresource != "status" and "spec" in request.data and request.data["spec"] != stored.get("spec"):
             generation += 1
         metadata["generation"] = generation
 
     async def _serve_list(self, request: rendering.Request) -> Any:
+        held = self._held.get(str(request.resource.plural if request.resource is not None else ""))
+        if held is not None:
+            await held.wait()
         payload = await super()._serve_list(request)
         payload["metadata"]["resourceVersion"] = str(self._version)
         return copy.deepcopy(payload)
@@ -88,3 +102,9 @@ class VersionedEmulator(KubernetesEmulator):
         self._compacted[plural] = self._version + 1
         self._expired[plural].set()
         self._expired[plural] = asyncio.Event()
+
+    def hold_lists(self, plural: str) -> None:
+        self._held[plural] = asyncio.Event()
+
+    def release_lists(self, plural: str) -> None:
+        self._held.pop(plural).set()

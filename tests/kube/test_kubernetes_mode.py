@@ -100,7 +100,7 @@ class KubeStack(Stack):
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     async with VersionedEmulator() as emulator, Server(emulator) as server:
         # Declare the kinds kxds lists (the emulator 404s unknown resources).
-        for declared in ("v1/services", "v1/secrets", "v1/configmaps", "discovery.k8s.io/v1/endpointslices", f"{GROUP}/{VERSION}/{PLURAL}"):
+        for declared in ("v1/services", "v1/secrets", "v1/configmaps", "discovery.k8s.io/v1/endpointslices", "coordination.k8s.io/v1/leases", f"{GROUP}/{VERSION}/{PLURAL}"):
             emulator.resources[declared] = {"namespaced": True}
         url = str(server.url).rstrip("/")
         api = client.ApiClient(client.Configuration(host=url))
@@ -204,9 +204,14 @@ async def test_a_watch_that_expires_is_relisted_without_losing_events(cluster: C
     await cluster.ready_status("relist-1", 1)
     lists_before = sum(1 for r in list(cluster.emulator) if r.resource is not None and r.resource.plural == PLURAL and "watch" not in r.params)
     # History is compacted: the open watch ends with 410 and the old version cannot be resumed.
+    # Lists are held meanwhile, so these changes happen while kxds has no watch at all.
+    cluster.emulator.hold_lists(PLURAL)
     cluster.emulator.expire(PLURAL)
     await cluster.create_ingress(ingress("relist-2", rule(["relist2.example.com"], path(split("relist", namespace=NS))), namespace=NS))
     await cluster.call(cluster.custom.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, "relist-1")
+    await asyncio.sleep(0.3)
+    assert (await cluster.curl("relist1.example.com")).status == 200  # kxds has not seen anything yet
+    cluster.emulator.release_lists(PLURAL)
     await cluster.ready_status("relist-2", 1)
     await cluster.until(lambda: _status_is(cluster, "relist1.example.com", 404), what="the deleted Ingress to go")
     assert (await cluster.curl("relist2.example.com")).status == 200
