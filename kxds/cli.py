@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(boot, "--admin-port", type=int, required=True, help="port of the gateway's own admin (on 127.0.0.1)")
     _flag(boot, "--node-id", default=DEFAULT_NODE_ID, help="Envoy node id")
     _flag(boot, "--stats-port", type=int, default=0, help="Kourier's stats listener port (9000 there); 0 leaves it out")
+    _flag(boot, "--configmap", default="", help="NAMESPACE/NAME: print it wrapped in that ConfigMap (key envoy-bootstrap.yaml)")
 
     render = commands.add_parser("render", help="print the resources that would be served, as JSON")
     _source_flag(render)
@@ -158,9 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(serve(settings_from(args)))
         case "bootstrap":
-            from kxds.bootstrap import render_bootstrap
+            from kxds.bootstrap import render_bootstrap, render_bootstrap_configmap
 
-            sys.stdout.write(render_bootstrap(args.xds_address, _as_int(args.admin_port), node_id=args.node_id, stats_port=_as_int(args.stats_port)))
+            options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port)}
+            if args.configmap:
+                namespace, _, name = str(args.configmap).partition("/")
+                sys.stdout.write(render_bootstrap_configmap(namespace, name, args.xds_address, _as_int(args.admin_port), **options))
+            else:
+                sys.stdout.write(render_bootstrap(args.xds_address, _as_int(args.admin_port), **options))
         case "render":
             from kxds.render import render
 
