@@ -111,10 +111,16 @@ class Controller:
         return self._objects
 
     def apply(self, upserts: Mapping[ObjectKey, Parsed], deletes: Iterable[ObjectKey] = ()) -> None:
-        self._objects.update(upserts)
+        changed = False
+        for key, obj in upserts.items():
+            # A status write echoed by the watch parses to the same object: nothing to rebuild.
+            if self._objects.get(key) != obj:
+                self._objects[key] = obj
+                changed = True
         for key in deletes:
-            self._objects.pop(key, None)
-        self._dirty.set()
+            changed = self._objects.pop(key, None) is not None or changed
+        if changed:
+            self._dirty.set()
 
     async def rebuild(self) -> Snapshot:
         """Translate the current objects and publish the result to every gateway."""

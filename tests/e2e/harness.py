@@ -123,11 +123,11 @@ class ListenerPorts:
 class ControlPlane:
     """`kxds serve` in a subprocess, fed by a source directory the test writes into."""
 
-    def __init__(self, workdir: Path, ports: ListenerPorts, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, ports: ListenerPorts, extra_args: Sequence[str] = (), xds_port: int | None = None) -> None:
         self.source = workdir / "source"
         self.source.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "kxds.log"
-        self.xds_port, self.admin_port = free_port(), free_port()
+        self.xds_port, self.admin_port = xds_port or free_port(), free_port()
         self.ports = ports
         args = [
             sys.executable, "-m", "kxds", "serve",
@@ -146,7 +146,7 @@ class ControlPlane:
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.process.poll() is not None or self._admin_ok(), timeout=30, what="kxds to serve")
+        wait_until(lambda: self.process.poll() is not None or self._admin_ok(), timeout=60, what="kxds to serve")
         if self.process.poll() is not None:
             raise RuntimeError(f"kxds exited:\n{self.log_path.read_text()}")
 
