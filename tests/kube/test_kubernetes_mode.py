@@ -220,3 +220,37 @@ async def test_a_watch_that_expires_is_relisted_without_losing_events(cluster: C
     resumed = [w for w in cluster.emulator.watch_requests if w.get("resourceVersion", "").isdigit()]
     assert resumed, "watches resume from the last resourceVersion"
     assert json.dumps(resumed[-1]).count("allowWatchBookmarks") == 1
+
+
+async def test_secrets_and_services_flow_too(cluster: Cluster) -> None:
+    from tests.certificates import CertificateAuthority, tls_secret
+    from tests.e2e.test_tls import served_serial
+
+    await cluster.backend("secure")
+    ca, host = CertificateAuthority(), "secure.example.com"
+    cert, key, first = ca.issue(host)
+    await cluster.call(cluster.core.create_namespaced_secret, NS, tls_secret("secure-cert", NS, cert, key))
+    doc = ingress("secure", rule([host], path(split("secure", namespace=NS))), namespace=NS)
+    doc["spec"]["tls"] = [{"hosts": [host], "secretName": "secure-cert", "secretNamespace": NS}]
+    await cluster.create_ingress(doc)
+    await cluster.ready_status("secure", 1)
+    port = cluster.stack.ports.external_tls
+    assert await asyncio.to_thread(served_serial, port, host) == first
+    # A rotated Secret reaches the gateway.
+    cert, key, second = ca.issue(host)
+    await cluster.call(cluster.core.patch_namespaced_secret, "secure-cert", NS, {"stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()}})
+    await cluster.until(lambda: _serial_is(port, host, second), what="the rotated certificate")
+    # A deleted Service: the Ingress reports it instead of routing to nothing.
+    await cluster.call(cluster.core.delete_namespaced_service, "secure", NS)
+
+    async def reason() -> str | None:
+        ready = {c["type"]: c for c in ((await cluster.get_ingress("secure")).get("status") or {}).get("conditions", [])}.get("Ready", {})
+        return ready.get("reason") if ready.get("reason") == "BackendNotFound" else None
+
+    assert await cluster.until(reason, what="BackendNotFound")
+
+
+async def _serial_is(port: int, host: str, serial: int) -> bool:
+    from tests.e2e.test_tls import served_serial
+
+    return await asyncio.to_thread(served_serial, port, host) == serial
