@@ -39,13 +39,17 @@ def with_probe_paths(paths: Iterable[Path], digest: str) -> list[Path]:
 
 
 def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disabled: bool = False) -> IngressVirtualHosts:
-    """The Ingress's vhosts; `tls` gives the copies for HTTPS listeners, which never redirect."""
-    external: dict[str, list[rc.Route]] = {}
-    internal: dict[str, list[rc.Route]] = {}
-    cluster_local: dict[str, list[rc.Route]] = {}
+    """The Ingress's vhosts; `tls` gives the copies for HTTPS listeners, which never redirect.
+
+    Hosts whose routes come from the same rules share one vhost with all their domains (the three
+    cluster-local forms of a Knative Service become one vhost): the route list is built and sent
+    once instead of once per host.
+    """
+    rule_routes: list[list[rc.Route]] = []
+    contributions: dict[str, dict[str, list[int]]] = {"external": {}, "internal": {}, "cluster_local": {}}
     clusters: set[str] = set()
     redirect = ingress.http_option is HTTPOption.REDIRECTED and not redirects_disabled and not tls
-    for rule in ingress.rules:
+    for index, rule in enumerate(ingress.rules):
         hosts = rule.hosts or ("*",)
         is_external = rule.visibility is Visibility.EXTERNAL_IP
         routes = []
@@ -56,22 +60,30 @@ def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disa
             else:
                 routes.append(_forward_route(name, path))
                 clusters.update(names.cluster_name(s.service_namespace, s.service_name) for s in path.splits)
+        rule_routes.append(routes)
         for host in hosts:
-            internal.setdefault(host, []).extend(routes)
-            (external if is_external else cluster_local).setdefault(host, []).extend(routes)
+            contributions["internal"].setdefault(host, []).append(index)
+            contributions["external" if is_external else "cluster_local"].setdefault(host, []).append(index)
+    vhosts = {kind: _grouped(ingress.key, hosts, rule_routes) for kind, hosts in contributions.items()}
     return IngressVirtualHosts(
-        external=tuple(_vhost(ingress.key, h, r) for h, r in sorted(external.items())),
-        internal=tuple(_vhost(ingress.key, h, r) for h, r in sorted(internal.items())),
-        cluster_local=tuple(_vhost(ingress.key, h, r) for h, r in sorted(cluster_local.items())),
-        clusters=frozenset(clusters),
+        external=vhosts["external"], internal=vhosts["internal"], cluster_local=vhosts["cluster_local"], clusters=frozenset(clusters)
     )
 
 
-def _vhost(ingress_key: str, host: str, routes: list[rc.Route]) -> rc.VirtualHost:
+def _grouped(ingress_key: str, contributions: dict[str, list[int]], rule_routes: list[list[rc.Route]]) -> tuple[rc.VirtualHost, ...]:
+    by_rules: dict[tuple[int, ...], list[str]] = {}
+    for host, rules in contributions.items():
+        by_rules.setdefault(tuple(rules), []).append(host)
+    out = [_vhost(ingress_key, sorted(hosts), [r for i in rules for r in rule_routes[i]]) for rules, hosts in by_rules.items()]
+    return tuple(sorted(out, key=lambda v: v.name))
+
+
+def _vhost(ingress_key: str, hosts: list[str], routes: list[rc.Route]) -> rc.VirtualHost:
     # Longest prefix first; the sort is stable, so each probe copy stays ahead of its original.
     ordered = sorted(routes, key=lambda r: -len(r.match.prefix))
     # `host:*` matches an authority that carries a port, as gRPC clients send (envoy#886).
-    return rc.VirtualHost(name=names.vhost_name(ingress_key, host), domains=[host, f"{host}:*"], routes=ordered)
+    domains = [d for host in hosts for d in (host, f"{host}:*")]
+    return rc.VirtualHost(name=names.vhost_name(ingress_key, hosts[0]), domains=domains, routes=ordered)
 
 
 def _match(path: Path) -> rc.RouteMatch:

@@ -35,8 +35,9 @@ def run(*docs: dict[str, Any], gateway: GatewaySettings | None = None) -> Gatewa
 
 
 def vhosts(config: GatewayConfig, route_config: str) -> dict[str, Any]:
+    """Host → its vhost (hosts sharing a route list share a vhost)."""
     found = next(r for r in config.route_configs if r.name == route_config)
-    return {v.domains[0]: v for v in found.virtual_hosts}
+    return {d: v for v in found.virtual_hosts for d in v.domains if not d.endswith(":*")}
 
 
 def test_visibility_external_on_both_cluster_local_only_internal() -> None:
