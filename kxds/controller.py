@@ -21,7 +21,7 @@ from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service
 from kxds.model.world import World
 from kxds.settings import GatewaySettings
-from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, translate
+from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, translate
 from kxds.xds.fleet import Fleet
 from kxds.xds.snapshot import Snapshot, build_snapshot
 
@@ -105,6 +105,8 @@ class Controller:
         self.primed = False
         self.config = GatewayConfig()
         self._rebuilt = asyncio.Event()
+        # Rebuilds run one at a time (the run loop, or priming before it), so one cache is safe.
+        self._cache = TranslationCache()
 
     @property
     def objects(self) -> Mapping[ObjectKey, Parsed]:
@@ -129,7 +131,7 @@ class Controller:
         world = build_world(self._objects.values())
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
-        config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial)
+        config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial, self._cache)
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
         self.config = config
@@ -220,6 +222,6 @@ class Controller:
         return True, "", ""
 
 
-def _translate(world: World, gateway: GatewaySettings, serial: int) -> tuple[GatewayConfig, Snapshot]:
-    config = translate(world, gateway)
+def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache) -> tuple[GatewayConfig, Snapshot]:
+    config = translate(world, gateway, cache)
     return config, build_snapshot(config, serial)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -10,7 +11,6 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2 as tls_pb2
-from google.protobuf import wrappers_pb2
 
 from kxds.model.ingress import Ingress
 from kxds.model.secret import Secret
@@ -19,7 +19,8 @@ from kxds.model.world import World
 from kxds.settings import GatewaySettings
 from kxds.translate import clusters, listeners, names, routes, tls
 from kxds.translate.https import HttpsPlan
-from kxds.xds.type_urls import ENDPOINT, SECRET
+from kxds.translate.encoded import Encoded, RouteTable, encode
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 # Ingress outcome reasons (Kourier's where Kourier has one).
 DOMAIN_CONFLICT = "DomainConflict"
@@ -44,7 +45,7 @@ class Outcome:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     listeners: tuple[listener_pb2.Listener, ...] = ()
-    route_configs: tuple[route_pb2.RouteConfiguration, ...] = ()
+    route_tables: tuple[RouteTable, ...] = ()
     # Route configuration name → the dynamic clusters its routes name (for make-before-break).
     route_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
     clusters: tuple[cluster_pb2.Cluster, ...] = ()
@@ -55,9 +56,15 @@ class GatewayConfig:
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
     # Problems with gateway-wide settings (default certificates), logged by the controller.
     problems: tuple[str, ...] = ()
+    # Type URL → every resource as it is served: encoded once, with its content version.
+    encoded: Mapping[str, tuple[Encoded, ...]] = field(default_factory=dict)
+
+    @property
+    def route_configs(self) -> tuple[route_pb2.RouteConfiguration, ...]:
+        return tuple(t.message() for t in self.route_tables)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Backend:
     service: Service
     port: ServicePort
@@ -65,8 +72,29 @@ class _Backend:
     upstream_tls: bool
 
 
-def translate(world: World, gateway: GatewaySettings) -> GatewayConfig:
-    plan = _Plan(world, gateway)
+@dataclass(frozen=True, slots=True)
+class _IngressResult:
+    """One Ingress translated: cached for as long as its inputs stay equal."""
+
+    outcome: Outcome
+    backends: Mapping[str, _Backend]
+    external: tuple[Encoded, ...] = ()
+    internal: tuple[Encoded, ...] = ()
+    clusters: frozenset[str] = frozenset()
+
+
+class TranslationCache:
+    """Earlier results, reused when their inputs compare equal, so one change re-translates only
+    what depends on it. Entries not used by the latest translation are dropped."""
+
+    def __init__(self) -> None:
+        self.ingresses: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
+        self.clusters: dict[tuple[object, ...], tuple[cluster_pb2.Cluster, Encoded]] = {}
+        self.assignments: dict[tuple[object, ...], tuple[endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
+
+
+def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | None = None) -> GatewayConfig:
+    plan = _Plan(world, gateway, cache or TranslationCache())
     # The older Ingress wins a host, then the smaller name: a restart can never flip ownership.
     for ingress in sorted(world.ingresses, key=lambda i: (i.creation_timestamp, i.namespace, i.name)):
         try:
@@ -77,71 +105,127 @@ def translate(world: World, gateway: GatewaySettings) -> GatewayConfig:
     return plan.build()
 
 
+@functools.cache
+def _status_vhost() -> Encoded:
+    return encode(names.STATUS_VHOST, routes.status_vhost())
+
+
+def _service_refs(ingress: Ingress) -> list[str]:
+    return sorted({f"{s.service_namespace}/{s.service_name}" for rule in ingress.rules for p in rule.paths for s in p.splits})
+
+
 class _Plan:
     """The configuration being assembled, one Ingress at a time."""
 
-    def __init__(self, world: World, gateway: GatewaySettings) -> None:
-        self.world, self.gateway = world, gateway
+    def __init__(self, world: World, gateway: GatewaySettings, cache: TranslationCache) -> None:
+        self.world, self.gateway, self.cache = world, gateway, cache
         self.outcomes: dict[str, Outcome] = {}
         self.backends: dict[str, _Backend] = {}
-        self.external_vhosts: list[route_components_pb2.VirtualHost] = []
-        self.internal_vhosts = [routes.status_vhost()]
+        self.external: list[Encoded] = []
+        self.internal: list[Encoded] = [_status_vhost()]
         self.referenced: set[str] = set()
         self.claimed: dict[str, str] = {}
         self.https = HttpsPlan(world.secrets, world.kourier, gateway)
         self.upstream_ca = _upstream_ca(world, gateway)
+        self.ingress_cache: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
 
     def add(self, ingress: Ingress) -> Outcome:
         hosts = {h for rule in ingress.rules for h in (rule.hosts or ("*",))}
         if any(self.claimed.get(h, ingress.key) != ingress.key for h in hosts):
             return Outcome(programmed=False, reason=DOMAIN_CONFLICT, message=DOMAIN_CONFLICT_MESSAGE)
         self.claimed.update(dict.fromkeys(hosts, ingress.key))
-        found = _backends_of(ingress, self.world.services, internal_tls=self.upstream_ca is not None)
-        if isinstance(found, str):
-            return Outcome(programmed=False, reason=BACKEND_NOT_FOUND, message=found)
-        if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
-            return Outcome(programmed=False, reason=RECONCILE_FAILED, message=f"system-internal-tls is enabled but {self.upstream_ca[1]}")
-        for name, backend in found.items():
-            existing = self.backends.setdefault(name, backend)
-            existing.http2 = existing.http2 and backend.http2
-            existing.upstream_tls = existing.upstream_tls and backend.upstream_tls
-        vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled)
-        self.external_vhosts.extend(vhosts.external)
-        self.internal_vhosts.extend(vhosts.internal)
-        self.referenced |= vhosts.clusters
+        result = self._translated(ingress)
+        if not result.outcome.programmed:
+            return result.outcome
+        for name, backend in result.backends.items():
+            existing = self.backends.get(name)
+            self.backends[name] = backend if existing is None else _Backend(
+                existing.service, existing.port, existing.http2 and backend.http2, existing.upstream_tls and backend.upstream_tls
+            )
+        self.external.extend(result.external)
+        self.internal.extend(result.internal)
+        self.referenced |= result.clusters
         # A broken certificate takes out the Ingress's HTTPS only; plain HTTP keeps being served.
         problem = self.https.add(ingress, self.gateway.http_option_disabled)
         return Outcome(programmed=True, reason=RECONCILE_FAILED if problem else "", message=problem)
 
+    def _translated(self, ingress: Ingress) -> _IngressResult:
+        """The Ingress's own translation, from the cache when nothing it depends on changed."""
+        upstream = self.upstream_ca is not None and not self.upstream_ca[1]
+        inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled,
+                  *(self.world.services.get(ref) for ref in _service_refs(ingress)))
+        cached = self.cache.ingresses.get(ingress.key)
+        if cached is not None and len(cached[0]) == len(inputs) and all(a is b or a == b for a, b in zip(cached[0], inputs)):
+            self.ingress_cache[ingress.key] = cached
+            return cached[1]
+        result = self._translate_ingress(ingress)
+        self.ingress_cache[ingress.key] = (inputs, result)
+        return result
+
+    def _translate_ingress(self, ingress: Ingress) -> _IngressResult:
+        found = _backends_of(ingress, self.world.services, internal_tls=self.upstream_ca is not None)
+        if isinstance(found, str):
+            return _IngressResult(Outcome(programmed=False, reason=BACKEND_NOT_FOUND, message=found), {})
+        if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
+            message = f"system-internal-tls is enabled but {self.upstream_ca[1]}"
+            return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
+        vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled)
+        return _IngressResult(
+            Outcome(programmed=True),
+            found,
+            external=tuple(encode(v.name, v) for v in vhosts.external),
+            internal=tuple(encode(v.name, v) for v in vhosts.internal),
+            clusters=vhosts.clusters,
+        )
+
     def build(self) -> GatewayConfig:
-        world, https = self.world, self.https
+        world, https, cache = self.world, self.https, self.cache
         referenced = self.referenced | https.clusters
-        route_vhosts = {names.EXTERNAL_ROUTES: self.external_vhosts, names.INTERNAL_ROUTES: self.internal_vhosts, **https.route_config_vhosts()}
-        route_configs = tuple(_route_config(name, vhosts) for name, vhosts in route_vhosts.items())
+        tables = [RouteTable.of(names.EXTERNAL_ROUTES, self.external), RouteTable.of(names.INTERNAL_ROUTES, self.internal)]
+        tables += [RouteTable.of(name, (encode(v.name, v) for v in vhosts)) for name, vhosts in https.route_config_vhosts().items()]
         wanted = sorted((name, b) for name, b in self.backends.items() if name in referenced)
         ca = self.upstream_ca[0] if self.upstream_ca is not None else None
         needs: dict[str, frozenset[tuple[str, str]]] = {}
-        built = []
+        built_clusters: dict[tuple[object, ...], tuple[cluster_pb2.Cluster, Encoded]] = {}
+        built_assignments: dict[tuple[object, ...], tuple[endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
         for name, b in wanted:
-            context = tls.upstream_context(tls.ca_secret_name(ca), b.service.namespace, http2=b.http2) if ca and b.upstream_tls else None
-            built.append(clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context))
+            ca_name = tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
+            key: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
+            if key not in cache.clusters:
+                context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
+                built = clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)
+                cache.clusters[key] = (built, encode(name, built))
+            built_clusters[key] = cache.clusters[key]
             eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
-            needs[name] = frozenset(eds + ([(SECRET, tls.ca_secret_name(ca))] if ca and context else []))
+            needs[name] = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
+            if b.service.type != "ExternalName":
+                slices = world.endpoint_slices.get(b.service.key, ())
+                akey: tuple[object, ...] = (b.service, b.port, slices)
+                if akey not in cache.assignments:
+                    assignment = clusters.load_assignment(b.service, b.port, slices)
+                    cache.assignments[akey] = (assignment, encode(name, assignment))
+                built_assignments[akey] = cache.assignments[akey]
+        # Keep only what this translation used: memory stays proportional to the world.
+        cache.ingresses, cache.clusters, cache.assignments = self.ingress_cache, built_clusters, built_assignments
         secrets = https.secrets() + ([tls.ca_secret(ca)] if ca and any(b.upstream_tls for _, b in wanted) else [])
+        all_listeners = listeners.plain_listeners(self.gateway, world.kourier) + https.listeners()
         return GatewayConfig(
-            listeners=tuple(listeners.plain_listeners(self.gateway, world.kourier) + https.listeners()),
-            route_configs=route_configs,
-            route_clusters={rc.name: frozenset(referenced) for rc in route_configs},
-            clusters=tuple(built),
+            listeners=tuple(all_listeners),
+            route_tables=tuple(tables),
+            route_clusters={t.name: frozenset(referenced) for t in tables},
+            clusters=tuple(c for c, _ in built_clusters.values()),
             cluster_needs=needs,
-            load_assignments=tuple(
-                clusters.load_assignment(b.service, b.port, world.endpoint_slices.get(b.service.key, ()))
-                for _, b in wanted
-                if b.service.type != "ExternalName"
-            ),
+            load_assignments=tuple(a for a, _ in built_assignments.values()),
             secrets=tuple(secrets),
             outcomes=self.outcomes,
             problems=tuple(https.problems),
+            encoded={
+                CLUSTER: tuple(e for _, e in built_clusters.values()),
+                ENDPOINT: tuple(e for _, e in built_assignments.values()),
+                LISTENER: tuple(encode(lis.name, lis) for lis in all_listeners),
+                ROUTE: tuple(t.encode() for t in tables),
+                SECRET: tuple(encode(s.name, s) for s in secrets),
+            },
         )
 
 
@@ -173,15 +257,6 @@ def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_
                 upstream_tls = internal_tls and service.type != "ExternalName" and not path.rewrite_host
                 # One cluster per Service (Kourier's naming): the first port referenced wins.
                 backend = found.setdefault(name, _Backend(service, port, service.speaks_h2c and not ingress.disable_http2, upstream_tls))
-                backend.upstream_tls = backend.upstream_tls and upstream_tls
+                if backend.upstream_tls and not upstream_tls:
+                    found[name] = _Backend(backend.service, backend.port, backend.http2, False)
     return found
-
-
-def _route_config(name: str, vhosts: list[route_components_pb2.VirtualHost]) -> route_pb2.RouteConfiguration:
-    # validate_clusters: Envoy rejects routes naming a cluster it lacks, instead of 503ing
-    # them silently; kxds orders pushes so this never happens (xds-protocol.md §6.3).
-    return route_pb2.RouteConfiguration(
-        name=name,
-        virtual_hosts=sorted(vhosts, key=lambda v: v.name),
-        validate_clusters=wrappers_pb2.BoolValue(value=True),
-    )

@@ -8,12 +8,13 @@ that reconnects to another replica is not re-sent what it already has (xds-proto
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from google.protobuf import any_pb2, message
 
+from kxds.translate.encoded import Encoded, content_version
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
@@ -40,9 +41,9 @@ class Resource:
         body.Pack(msg, deterministic=True)
         return cls(name=name, version=content_version(body.value), body=body, needs=frozenset(needs))
 
-
-def content_version(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+    @classmethod
+    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = ()) -> Resource:
+        return cls(name=encoded.name, version=encoded.version, body=any_pb2.Any(type_url=type_url, value=encoded.data), needs=frozenset(needs))
 
 
 def set_version(resources: Mapping[str, Resource]) -> str:
@@ -63,15 +64,13 @@ class Snapshot:
 
 
 def build_snapshot(config: GatewayConfig, serial: int) -> Snapshot:
-    dynamic = {c.name for c in config.clusters}
-    by_type: dict[str, dict[str, Resource]] = {
-        CLUSTER: {c.name: Resource.of(c.name, c, needs=config.cluster_needs.get(c.name, ())) for c in config.clusters},
-        ENDPOINT: {a.cluster_name: Resource.of(a.cluster_name, a) for a in config.load_assignments},
-        LISTENER: {lis.name: Resource.of(lis.name, lis) for lis in config.listeners},
-        ROUTE: {
-            r.name: Resource.of(r.name, r, needs=((CLUSTER, c) for c in config.route_clusters.get(r.name, frozenset()) & dynamic))
-            for r in config.route_configs
-        },
-        SECRET: {s.name: Resource.of(s.name, s) for s in config.secrets},
+    dynamic = {c.name for c in config.encoded.get(CLUSTER, ())}
+    needs: dict[str, Callable[[str], Iterable[tuple[str, str]]]] = {
+        CLUSTER: lambda name: config.cluster_needs.get(name, ()),
+        ROUTE: lambda name: ((CLUSTER, c) for c in config.route_clusters.get(name, frozenset()) & dynamic),
+    }
+    by_type = {
+        type_url: {e.name: Resource.encoded(type_url, e, needs[type_url](e.name) if type_url in needs else ()) for e in encoded}
+        for type_url, encoded in config.encoded.items()
     }
     return Snapshot(serial=serial, resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}))

@@ -10,6 +10,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from kxds.translate.clusters import ads_source
+from kxds.translate.encoded import encode
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds import stream as xs
 from kxds.xds.snapshot import Snapshot, build_snapshot
@@ -32,13 +33,18 @@ def snapshot(clusters: dict[str, int], routes_to: list[str], listener_port: int 
         eds.append(cla)
     weighted = route_components_pb2.WeightedCluster(clusters=[route_components_pb2.WeightedCluster.ClusterWeight(name=n) for n in routes_to])
     vhost = route_components_pb2.VirtualHost(name="v", domains=["*"], routes=[route_components_pb2.Route(route=route_components_pb2.RouteAction(weighted_clusters=weighted))])
+    listener = listener_pb2.Listener(name="listener", address={"socket_address": {"port_value": listener_port}})
     config = GatewayConfig(
-        listeners=(listener_pb2.Listener(name="listener", address={"socket_address": {"port_value": listener_port}}),),
-        route_configs=(route_pb2.RouteConfiguration(name="r", virtual_hosts=[vhost]),),
         route_clusters={"r": frozenset(routes_to)},
         clusters=tuple(cds),
         cluster_needs={name: frozenset({(ENDPOINT, name)}) for name in clusters},
         load_assignments=tuple(eds),
+        encoded={
+            CLUSTER: tuple(encode(c.name, c) for c in cds),
+            ENDPOINT: tuple(encode(a.cluster_name, a) for a in eds),
+            LISTENER: (encode("listener", listener),),
+            ROUTE: (encode("r", route_pb2.RouteConfiguration(name="r", virtual_hosts=[vhost])),),
+        },
     )
     return build_snapshot(config, next(SERIAL))
 
