@@ -7,6 +7,7 @@ worker thread (the gRPC streams keep running) and publishes the snapshot to the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ class Controller:
         world = build_world(self._objects.values())
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
-        config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial, self._cache)
+        config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot)
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
         self.config = config
@@ -146,6 +147,10 @@ class Controller:
             clusters=len(config.clusters),
             seconds=round(elapsed, 4),
         )
+        if not self.primed:
+            # The primed world is long-lived: keep the cyclic GC from re-scanning millions of its
+            # objects on later collections (measured: a 0.3 s pause on the first change at 10k).
+            gc.freeze()
         self.primed = True
         self._rebuilt.set()
         self._rebuilt = asyncio.Event()
@@ -222,6 +227,6 @@ class Controller:
         return True, "", ""
 
 
-def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache) -> tuple[GatewayConfig, Snapshot]:
+def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot) -> tuple[GatewayConfig, Snapshot]:
     config = translate(world, gateway, cache)
-    return config, build_snapshot(config, serial)
+    return config, build_snapshot(config, serial, previous)

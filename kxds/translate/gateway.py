@@ -89,8 +89,15 @@ class TranslationCache:
 
     def __init__(self) -> None:
         self.ingresses: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
-        self.clusters: dict[tuple[object, ...], tuple[cluster_pb2.Cluster, Encoded]] = {}
-        self.assignments: dict[tuple[object, ...], tuple[endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
+        # Keyed by cluster name; each entry keeps the inputs it was built from.
+        self.clusters: dict[str, tuple[tuple[object, ...], cluster_pb2.Cluster, Encoded]] = {}
+        self.assignments: dict[str, tuple[tuple[object, ...], endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
+        self.tables: dict[str, tuple[RouteTable, Encoded]] = {}
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Equal inputs; identity first, since unchanged objects are the very same objects."""
+    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b))
 
 
 def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | None = None) -> GatewayConfig:
@@ -155,7 +162,7 @@ class _Plan:
         inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled,
                   *(self.world.services.get(ref) for ref in _service_refs(ingress)))
         cached = self.cache.ingresses.get(ingress.key)
-        if cached is not None and len(cached[0]) == len(inputs) and all(a is b or a == b for a, b in zip(cached[0], inputs)):
+        if cached is not None and _same(cached[0], inputs):
             self.ingress_cache[ingress.key] = cached
             return cached[1]
         result = self._translate_ingress(ingress)
@@ -186,44 +193,51 @@ class _Plan:
         wanted = sorted((name, b) for name, b in self.backends.items() if name in referenced)
         ca = self.upstream_ca[0] if self.upstream_ca is not None else None
         needs: dict[str, frozenset[tuple[str, str]]] = {}
-        built_clusters: dict[tuple[object, ...], tuple[cluster_pb2.Cluster, Encoded]] = {}
-        built_assignments: dict[tuple[object, ...], tuple[endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
+        built_clusters: dict[str, tuple[tuple[object, ...], cluster_pb2.Cluster, Encoded]] = {}
+        built_assignments: dict[str, tuple[tuple[object, ...], endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
         for name, b in wanted:
             ca_name = tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
-            key: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
-            if key not in cache.clusters:
+            inputs: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
+            cached = cache.clusters.get(name)
+            if cached is None or not _same(cached[0], inputs):
                 context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
                 built = clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)
-                cache.clusters[key] = (built, encode(name, built))
-            built_clusters[key] = cache.clusters[key]
+                cached = (inputs, built, encode(name, built))
+            built_clusters[name] = cached
             eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
             needs[name] = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
             if b.service.type != "ExternalName":
                 slices = world.endpoint_slices.get(b.service.key, ())
-                akey: tuple[object, ...] = (b.service, b.port, slices)
-                if akey not in cache.assignments:
+                assignment_inputs: tuple[object, ...] = (b.service, b.port, *slices)
+                known = cache.assignments.get(name)
+                if known is None or not _same(known[0], assignment_inputs):
                     assignment = clusters.load_assignment(b.service, b.port, slices)
-                    cache.assignments[akey] = (assignment, encode(name, assignment))
-                built_assignments[akey] = cache.assignments[akey]
+                    known = (assignment_inputs, assignment, encode(name, assignment))
+                built_assignments[name] = known
+        encoded_tables = {}
+        for table in tables:
+            previous = cache.tables.get(table.name)
+            unchanged = previous is not None and _same(previous[0].vhosts, table.vhosts)
+            encoded_tables[table.name] = previous if unchanged and previous is not None else (table, table.encode())
         # Keep only what this translation used: memory stays proportional to the world.
-        cache.ingresses, cache.clusters, cache.assignments = self.ingress_cache, built_clusters, built_assignments
+        cache.ingresses, cache.clusters, cache.assignments, cache.tables = self.ingress_cache, built_clusters, built_assignments, encoded_tables
         secrets = https.secrets() + ([tls.ca_secret(ca)] if ca and any(b.upstream_tls for _, b in wanted) else [])
         all_listeners = listeners.plain_listeners(self.gateway, world.kourier) + https.listeners()
         return GatewayConfig(
             listeners=tuple(all_listeners),
             route_tables=tuple(tables),
             route_clusters={t.name: frozenset(referenced) for t in tables},
-            clusters=tuple(c for c, _ in built_clusters.values()),
+            clusters=tuple(c for _, c, _ in built_clusters.values()),
             cluster_needs=needs,
-            load_assignments=tuple(a for a, _ in built_assignments.values()),
+            load_assignments=tuple(a for _, a, _ in built_assignments.values()),
             secrets=tuple(secrets),
             outcomes=self.outcomes,
             problems=tuple(https.problems),
             encoded={
-                CLUSTER: tuple(e for _, e in built_clusters.values()),
-                ENDPOINT: tuple(e for _, e in built_assignments.values()),
+                CLUSTER: tuple(e for _, _, e in built_clusters.values()),
+                ENDPOINT: tuple(e for _, _, e in built_assignments.values()),
                 LISTENER: tuple(encode(lis.name, lis) for lis in all_listeners),
-                ROUTE: tuple(t.encode() for t in tables),
+                ROUTE: tuple(e for _, e in encoded_tables.values()),
                 SECRET: tuple(encode(s.name, s) for s in secrets),
             },
         )

@@ -8,7 +8,7 @@ that reconnects to another replica is not re-sent what it already has (xds-proto
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -63,14 +63,18 @@ class Snapshot:
         return self.resources.get(type_url, MappingProxyType({}))
 
 
-def build_snapshot(config: GatewayConfig, serial: int) -> Snapshot:
+def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None = None) -> Snapshot:
+    """Wrap the encoded resources; those unchanged since `previous` are reused as they are."""
     dynamic = {c.name for c in config.encoded.get(CLUSTER, ())}
-    needs: dict[str, Callable[[str], Iterable[tuple[str, str]]]] = {
-        CLUSTER: lambda name: config.cluster_needs.get(name, ()),
-        ROUTE: lambda name: ((CLUSTER, c) for c in config.route_clusters.get(name, frozenset()) & dynamic),
-    }
-    by_type = {
-        type_url: {e.name: Resource.encoded(type_url, e, needs[type_url](e.name) if type_url in needs else ()) for e in encoded}
-        for type_url, encoded in config.encoded.items()
-    }
+    route_needs = {name: frozenset((CLUSTER, c) for c in clusters & dynamic) for name, clusters in config.route_clusters.items()}
+    by_type: dict[str, dict[str, Resource]] = {}
+    for type_url, encoded in config.encoded.items():
+        before = previous.of_type(type_url) if previous is not None else {}
+        resources = by_type[type_url] = {}
+        for e in encoded:
+            needs = config.cluster_needs.get(e.name, frozenset()) if type_url == CLUSTER else (
+                route_needs.get(e.name, frozenset()) if type_url == ROUTE else frozenset()
+            )
+            old = before.get(e.name)
+            resources[e.name] = old if old is not None and old.version == e.version and old.needs == needs else Resource.encoded(type_url, e, needs)
     return Snapshot(serial=serial, resources=MappingProxyType({t: MappingProxyType(r) for t, r in by_type.items()}))
