@@ -94,7 +94,7 @@ def build_world(objects: Iterable[Parsed]) -> World:
 
 
 class Controller:
-    def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.05) -> None:
+    def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.0) -> None:
         self._fleet = fleet
         self._gateway = gateway
         self._metrics = metrics
@@ -160,10 +160,12 @@ class Controller:
         await self._rebuilt.wait()
 
     async def run(self) -> None:
-        """Rebuild whenever objects changed, coalescing bursts that arrive within the debounce."""
+        """Rebuild whenever objects changed. An isolated change is rebuilt at once; changes that
+        arrive while a rebuild runs are coalesced into the next one, so bursts batch themselves
+        in proportion to how long a rebuild takes."""
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(self._debounce)
+            await asyncio.sleep(self._debounce)  # 0 by default: only lets same-tick deliveries land
             try:
                 await self.rebuild()
             except Exception:

@@ -60,5 +60,6 @@ class Settings:
     ingress_class: str = DEFAULT_INGRESS_CLASS
     system_namespace: str = "knative-serving"
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
-    # Coalesce bursts of changes (an editor saving several files) into one rebuild.
-    debounce_seconds: float = 0.05
+    # Extra wait before a rebuild; 0: an isolated change is rebuilt at once, and changes arriving
+    # during a rebuild are coalesced into the next one anyway.
+    debounce_seconds: float = 0.0

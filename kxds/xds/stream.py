@@ -197,14 +197,16 @@ class SotwStream:
     def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int) -> discovery_pb2.DiscoveryResponse:
         self._nonce += 1
         nonce = str(self._nonce)
+        sent = sorted(desired)
+        if type_url not in FULL_STATE and not state.force:
+            # RDS/EDS: Envoy updates only the watches whose resources a response carries and keeps
+            # the others (xds-protocol.md §2.4), so an endpoint flip is one assignment on the wire.
+            held = state.acked_resources
+            sent = [n for n in sent if n not in held or held[n].version != desired[n].version]
+        # What the gateway holds once it ACKs is the whole desired set, sent or not.
         state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
-        self._events.append(Sent(type_url, version, nonce, len(desired)))
-        return discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=nonce,
-            resources=[desired[n].body for n in sorted(desired)],
-        )
+        self._events.append(Sent(type_url, version, nonce, len(sent)))
+        return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[desired[n].body for n in sent])
 
     def _requested(self, type_url: str, state: TypeState) -> dict[str, Resource]:
         available = self.snapshot.of_type(type_url)

@@ -284,3 +284,14 @@ def test_routes_wait_for_the_secrets_their_clusters_need() -> None:
     (sds,) = stream.on_request(request(SECRET, ["ca"]))
     (rds,) = stream.on_request(ack(sds, ["ca"]))
     assert rds.type_url == ROUTE
+
+
+def test_eds_and_rds_responses_carry_only_what_changed() -> None:
+    stream = xs.SotwStream(snapshot({"a": 1, "b": 2, "c": 3}, ["a"]))
+    converge(stream)
+    (eds,) = stream.on_snapshot(snapshot({"a": 1, "b": 20, "c": 3}, ["a"]))
+    assert names_in(eds) == ["b"]
+    stream.on_request(ack(eds, ["a", "b", "c"]))
+    # The gateway holds all three at their current versions: nothing more to send, and in sync.
+    assert stream.types[ENDPOINT].acked is not None and set(stream.types[ENDPOINT].acked.resources) == {"a", "b", "c"}
+    assert stream.synced_serial == stream.snapshot.serial

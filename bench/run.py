@@ -1,0 +1,252 @@
+"""The kxds benchmark: Knative-shaped Ingresses, a real `kxds serve` and a real Envoy.
+
+    .venv/bin/python -m bench.run [--sizes 1000,5000,10000] [--changes 30]
+
+For each N it measures: cold start (process start → primed and serving; the translate + first
+snapshot part alone from kxds's own log), the time until Envoy has every Ingress (every Ingress
+ACKed, and spot-checked with requests), a single Ingress change until a request through Envoy sees
+the new header, an endpoint flip until traffic reaches the new endpoint (both p50/p95/max), kxds
+CPU time per change, kxds RSS and Envoy's heap. Results go to bench/results/ as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.generate import endpoint_slice, host, ingress, revision_objects
+from kxds.bootstrap import render_bootstrap
+from kxds.echo import echo_app, serve_asgi
+from kxds.envoy_process import start_envoy
+
+LOCAL = "127.0.0.1"
+RESULTS = Path(__file__).parent / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+class Backends:
+    def __init__(self, count: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.ports = [free_port() for _ in range(count)]
+        self.stop = asyncio.Event()
+        for n, port in enumerate(self.ports):
+            asyncio.run_coroutine_threadsafe(serve_asgi(echo_app(f"backend-{n}", port), LOCAL, port, self.stop), self.loop)
+        for port in self.ports:
+            wait(lambda p=port: _connectable(p), 10)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+
+
+def _connectable(port: int) -> bool:
+    try:
+        socket.create_connection((LOCAL, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait(check: Any, timeout: float, interval: float = 0.01) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("benchmark step timed out")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def get(port: int, host_name: str) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection(LOCAL, port, timeout=5)
+    try:
+        connection.request("GET", "/", headers={"Host": host_name})
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, json.loads(body) if response.status == 200 else {}
+    except (OSError, http.client.HTTPException, json.JSONDecodeError):
+        return 0, {}
+    finally:
+        connection.close()
+
+
+def admin_json(port: int, path: str) -> Any:
+    connection = http.client.HTTPConnection(LOCAL, port, timeout=30)
+    connection.request("GET", path)
+    return json.loads(connection.getresponse().read())
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
+
+
+def write(path: Path, docs: list[dict[str, Any]]) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    os.replace(temp, path)
+
+
+def run_size(n: int, changes: int, workdir: Path, backends: Backends) -> dict[str, Any]:
+    source = workdir / f"source-{n}"
+    source.mkdir()
+    # Ingress 0 and its first revision's EndpointSlice change during the run: their own files.
+    static = [d for i in range(1, n) for d in (ingress(i), *revision_objects(i, backends.ports))]
+    static += [d for d in revision_objects(0, backends.ports) if not (d["kind"] == "EndpointSlice" and d["metadata"]["name"].startswith("svc0-00001"))]
+    write(source / "objects.yaml", static)
+    write(source / "change.yaml", [ingress(0)])
+    write(source / "flip.yaml", [endpoint_slice("svc0-00001", backends.ports[0])])
+    ports = {name: free_port() for name in ("xds", "admin", "external", "internal", "probe", "envoy_admin")}
+    log_path = workdir / f"kxds-{n}.log"
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        kxds = subprocess.Popen(
+            [sys.executable, "-m", "kxds", "serve", "--source", str(source), "--xds-address", f"{LOCAL}:{ports['xds']}",
+             "--admin-address", f"{LOCAL}:{ports['admin']}", "--listen-address", LOCAL, "--external-http-port", str(ports["external"]),
+             "--internal-http-port", str(ports["internal"]), "--probe-http-port", str(ports["probe"]), "--log-level", "info"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    envoy = None
+    try:
+        cold = wait(lambda: _connectable(ports["admin"]), 600, 0.05)
+        envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
+        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"]), workdir / f"envoy-{n}", log=envoy_log)
+
+        def all_ready() -> bool:
+            try:
+                entries = admin_json(ports["admin"], "/ingresses")
+            except (OSError, json.JSONDecodeError):
+                return False
+            return len(entries) == n and all(e["ready"] for e in entries)
+
+        routed = wait(all_ready, 900, 0.25)
+        sample = random.Random(n).sample(range(n), min(n, 50))
+        assert all(get(ports["external"], host(i))[0] == 200 for i in sample), "a sampled Ingress is not routed"
+        cpu_before = proc_cpu_seconds(kxds.pid)
+
+        change_latencies = []
+        for k in range(changes):
+            marker = f"change-{k}"
+            t0 = time.monotonic()
+            write(source / "change.yaml", [ingress(0, generation=k + 2, marker=marker)])
+            wait(lambda m=marker: get(ports["external"], host(0))[1].get("request", {}).get("headers", {}).get("Bench-Marker") == [m], 60, 0.002)
+            change_latencies.append(time.monotonic() - t0)
+        cpu_changes = proc_cpu_seconds(kxds.pid) - cpu_before
+
+        flip_latencies = []
+        for k in range(changes):
+            target = backends.ports[(k + 1) % len(backends.ports)]
+            t0 = time.monotonic()
+            write(source / "flip.yaml", [endpoint_slice("svc0-00001", target)])
+            # svc0-00001 takes 90%: poll until a response comes from the new endpoint.
+            wait(lambda t=target: get(ports["external"], host(0))[1].get("server", {}).get("port") == t, 60, 0.002)
+            flip_latencies.append(time.monotonic() - t0)
+        memory = admin_json(ports["envoy_admin"], "/memory")
+        built = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{") and '"snapshot.built"' in line]
+        return {
+            "ingresses": n,
+            "objects": n * 5,
+            "cold_start_s": round(cold, 2),
+            "first_translate_s": built[0]["seconds"] if built else None,
+            "envoy_routes_all_s": round(routed, 2),
+            "envoy_routes_all_from_start_s": round(cold + routed, 2),
+            "ingress_change": percentiles(change_latencies),
+            "endpoint_flip": percentiles(flip_latencies),
+            "cpu_per_change_ms": round(cpu_changes / changes * 1000, 1),
+            "kxds_rss_mib": round(proc_rss_mib(kxds.pid), 1),
+            "envoy_heap_mib": round(int(memory["heap_size"]) / 2**20, 1),
+            "envoy_allocated_mib": round(int(memory["allocated"]) / 2**20, 1),
+        }
+    finally:
+        kxds.terminate()
+        kxds.wait(timeout=30)
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            Path(os.environ["BENCH_KEEP_LOGS"]).mkdir(parents=True, exist_ok=True)
+            os.replace(log_path, Path(os.environ["BENCH_KEEP_LOGS"]) / log_path.name)
+        if envoy is not None:
+            envoy.terminate()
+            envoy.wait(timeout=30)
+
+
+def markdown(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        f"Command: `{command}` on {platform.machine()}, {os.cpu_count()} cores; state-of-the-world ADS.",
+        "",
+        "| Ingresses | cold start → serving | first translate | Envoy has all | change p50 / p95 / max | endpoint flip p50 / p95 / max | CPU per change | kxds RSS | Envoy heap |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c, f = r["ingress_change"], r["endpoint_flip"]
+        lines.append(
+            f"| {r['ingresses']:,} | {r['cold_start_s']} s | {r['first_translate_s']} s | {r['envoy_routes_all_s']} s after Envoy start "
+            f"| {c['p50_ms']} / {c['p95_ms']} / {c['max_ms']} ms | {f['p50_ms']} / {f['p95_ms']} / {f['max_ms']} ms "
+            f"| {r['cpu_per_change_ms']} ms | {r['kxds_rss_mib']} MiB | {r['envoy_heap_mib']} MiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--sizes", default="1000,5000,10000")
+    parser.add_argument("--changes", type=int, default=30)
+    parser.add_argument("--backends", type=int, default=3)
+    args = parser.parse_args()
+    command = "python -m bench.run " + " ".join(sys.argv[1:])
+    backends = Backends(args.backends)
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="kxds-bench-") as workdir:
+            for n in (int(s) for s in args.sizes.split(",")):
+                result = run_size(n, args.changes, Path(workdir), backends)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    finally:
+        backends.close()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    table = markdown(results, command)
+    (RESULTS / "latest.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
