@@ -124,7 +124,7 @@ def write(path: Path, docs: list[dict[str, Any]]) -> None:
     os.replace(temp, path)
 
 
-def run_size(n: int, changes: int, workdir: Path, backends: Backends) -> dict[str, Any]:
+def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats: bool = False) -> dict[str, Any]:
     source = workdir / f"source-{n}"
     source.mkdir()
     # Ingress 0 and its first revision's EndpointSlice change during the run: their own files.
@@ -147,7 +147,7 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends) -> dict[st
     try:
         cold = wait(lambda: _connectable(ports["admin"]), 600, 0.05)
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
-        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"]), workdir / f"envoy-{n}", log=envoy_log)
+        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats), workdir / f"envoy-{n}", log=envoy_log)
 
         def all_ready() -> bool:
             try:
@@ -182,6 +182,7 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends) -> dict[st
         built = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{") and '"snapshot.built"' in line]
         return {
             "ingresses": n,
+            "envoy_trimmed_stats": trim_stats,
             "objects": n * 5,
             "cold_start_s": round(cold, 2),
             "first_translate_s": built[0]["seconds"] if built else None,
@@ -207,7 +208,8 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends) -> dict[st
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [
-        f"Command: `{command}` on {platform.machine()}, {os.cpu_count()} cores; state-of-the-world ADS.",
+        f"Command: `{command}` on {platform.machine()}, {os.cpu_count()} cores; state-of-the-world ADS"
+        f"{'; Envoy with --trim-stats' if results and results[0].get('envoy_trimmed_stats') else ''}.",
         "",
         "| Ingresses | cold start → serving | first translate | Envoy has all | change p50 / p95 / max | endpoint flip p50 / p95 / max | CPU per change | kxds RSS | Envoy heap |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -227,6 +229,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,5000,10000")
     parser.add_argument("--changes", type=int, default=30)
     parser.add_argument("--backends", type=int, default=3)
+    parser.add_argument("--trim-stats", action="store_true", help="bootstrap Envoy with kxds bootstrap --trim-stats")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     backends = Backends(args.backends)
@@ -234,7 +237,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="kxds-bench-") as workdir:
             for n in (int(s) for s in args.sizes.split(",")):
-                result = run_size(n, args.changes, Path(workdir), backends)
+                result = run_size(n, args.changes, Path(workdir), backends, args.trim_stats)
                 print(json.dumps(result), flush=True)
                 results.append(result)
     finally:

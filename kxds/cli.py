@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(boot, "--node-id", default=DEFAULT_NODE_ID, help="Envoy node id")
     _flag(boot, "--stats-port", type=int, default=0, help="Kourier's stats listener port (9000 there); 0 leaves it out")
     _flag(boot, "--configmap", default="", help="NAMESPACE/NAME: print it wrapped in that ConfigMap (key envoy-bootstrap.yaml)")
+    _flag(boot, "--trim-stats", action="store_true", help="drop per-cluster statistics (much less Envoy memory at thousands of services)")
 
     render = commands.add_parser("render", help="print the resources that would be served, as JSON")
     _source_flag(render)
@@ -161,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "bootstrap":
             from kxds.bootstrap import render_bootstrap, render_bootstrap_configmap
 
-            options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port)}
+            options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port),
+                       "trim_stats": args.trim_stats not in (False, "", "0", "false")}
             if args.configmap:
                 namespace, _, name = str(args.configmap).partition("/")
                 sys.stdout.write(render_bootstrap_configmap(namespace, name, args.xds_address, _as_int(args.admin_port), **options))

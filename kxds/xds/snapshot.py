@@ -62,6 +62,15 @@ class Snapshot:
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, MappingProxyType({}))
 
+    def with_resources(self, serial: int, type_url: str, changed: Mapping[str, Encoded]) -> Snapshot:
+        """A new snapshot where only these resources of one type differ (existing names only)."""
+        current = self.of_type(type_url)
+        updated = dict(current)
+        for name, encoded in changed.items():
+            if name in current:
+                updated[name] = Resource.encoded(type_url, encoded, current[name].needs)
+        return Snapshot(serial=serial, resources=MappingProxyType({**self.resources, type_url: MappingProxyType(updated)}))
+
 
 def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None = None) -> Snapshot:
     """Wrap the encoded resources; those unchanged since `previous` are reused as they are."""

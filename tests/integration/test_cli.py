@@ -65,6 +65,16 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> Non
     assert validate.returncode == 0, validate.stdout + validate.stderr
 
 
+def test_trimmed_stats_bootstrap_is_accepted_by_envoy(tmp_path: Path) -> None:
+    result = kxds("bootstrap", "--xds-address", "127.0.0.1:18000", "--admin-port", "9901", "--trim-stats")
+    config = yaml.safe_load(result.stdout)
+    assert config["stats_config"]["stats_matcher"]["exclusion_list"]["patterns"] == [{"prefix": "cluster."}]
+    (tmp_path / "bootstrap.yaml").write_text(result.stdout)
+    validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+
+
 def test_bootstrap_node_id_flag() -> None:
     result = kxds("bootstrap", "--xds-address", "127.0.0.1:1", "--admin-port", "1", "--node-id", "gw-7")
     assert yaml.safe_load(result.stdout)["node"]["id"] == "gw-7"

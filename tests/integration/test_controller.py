@@ -56,3 +56,31 @@ async def test_a_failed_rebuild_is_logged_and_the_next_change_rebuilds(monkeypat
         assert len(calls) == 2
     finally:
         loop.cancel()
+
+
+async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_rebuild() -> None:
+    from tests.builders import backend, endpoint_slice, ingress, path, rule, split
+    from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
+
+    def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
+        return {p[0]: p[1] for p in (parse_object(d, FILTERS) for d in docs) if p is not None}
+
+    docs = [ingress(f"i{n}", rule([f"h{n}.example.com"], path(split(f"s{n}")))) for n in range(5)]
+    docs += [d for n in range(5) for d in backend(f"s{n}", 8000 + n)]
+    fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
+    controller = Controller(fleet, GatewaySettings(), Metrics())
+    controller.apply(parsed(docs))
+    before = await controller.rebuild()
+    moved = endpoint_slice("s2", ["10.0.0.2", "10.0.0.3"], 9000)
+    with structlog.testing.capture_logs() as logs:
+        controller.apply(parsed([moved]))
+        fast = await controller.rebuild()
+    assert [e["event"] for e in logs] == ["snapshot.endpoints"]
+    reference = Controller(Fleet(Snapshot(serial=0, resources={}), Metrics()), GatewaySettings(), Metrics())
+    reference.apply(parsed([d for d in docs if d["metadata"]["name"] != "s2-abc"] + [moved]))
+    full = await reference.rebuild()
+    for type_url in (CLUSTER, ENDPOINT, ROUTE):
+        assert {n: r.version for n, r in fast.of_type(type_url).items()} == {n: r.version for n, r in full.of_type(type_url).items()}
+    changed = {n for n, r in fast.of_type(ENDPOINT).items() if before.of_type(ENDPOINT)[n].version != r.version}
+    assert changed == {"ns/s2"}
+    assert fast.of_type(ROUTE) is before.of_type(ROUTE)  # untouched types are shared, not rebuilt
