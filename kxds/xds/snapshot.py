@@ -23,6 +23,7 @@ from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
 # Types whose responses must hold the full set: a missing resource is a deletion (§2.4).
 FULL_STATE = frozenset({CLUSTER, LISTENER})
+_EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
 
 
@@ -58,9 +59,16 @@ def set_version(resources: Mapping[str, Resource]) -> str:
 class Snapshot:
     serial: int
     resources: Mapping[str, Mapping[str, Resource]]  # type URL → name → resource
+    _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
-        return self.resources.get(type_url, MappingProxyType({}))
+        return self.resources.get(type_url, _EMPTY)
+
+    def type_version(self, type_url: str) -> str:
+        """The version of all resources of a type, computed once per snapshot."""
+        if type_url not in self._versions:
+            self._versions[type_url] = set_version(self.of_type(type_url))
+        return self._versions[type_url]
 
     def with_resources(self, serial: int, type_url: str, changed: Mapping[str, Encoded]) -> Snapshot:
         """A new snapshot where only these resources of one type differ (existing names only)."""

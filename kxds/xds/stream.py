@@ -170,8 +170,10 @@ class SotwStream:
             if state is None or not state.requested or state.pending is not None:
                 continue
             desired = self._desired(type_url, state)
-            version = set_version(desired)
-            complete = self._covers(type_url, state, desired)
+            # The whole type, as most subscriptions are: its version is the snapshot's, computed once.
+            whole = desired is self.snapshot.of_type(type_url)
+            version = self.snapshot.type_version(type_url) if whole else set_version(desired)
+            complete = whole or self._covers(type_url, state, desired)
             if state.acked is None and state.claimed_version == version and type_url in FULL_STATE and state.wildcard:
                 # A reconnecting gateway already holds exactly this: nothing to resend (§2.1).
                 state.acked = _Response(version, "", desired)
@@ -187,8 +189,10 @@ class SotwStream:
 
     @staticmethod
     def _unchanged(type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> bool:
+        if state.acked is not None and state.acked.version == version:
+            return True  # same content
         if type_url in FULL_STATE:
-            return state.acked is not None and state.acked.version == version
+            return False
         # RDS/EDS: a resource left out of a response is not deleted (§2.4), so only a new or
         # changed resource is worth a response.
         held = state.acked_resources
@@ -208,13 +212,15 @@ class SotwStream:
         self._events.append(Sent(type_url, version, nonce, len(sent)))
         return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[desired[n].body for n in sent])
 
-    def _requested(self, type_url: str, state: TypeState) -> dict[str, Resource]:
+    def _requested(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
+        """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
+        all of them (no copy), a new dict otherwise."""
         available = self.snapshot.of_type(type_url)
-        if state.wildcard:
-            return dict(available)
+        if state.wildcard or available.keys() <= state.names:
+            return available
         return {n: available[n] for n in state.names if n in available}
 
-    def _desired(self, type_url: str, state: TypeState) -> dict[str, Resource]:
+    def _desired(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         desired = self._requested(type_url, state)
         if type_url == CLUSTER:
             # Keep every cluster that a route the gateway holds (or is being sent) still names.
@@ -222,18 +228,16 @@ class SotwStream:
             in_use = [*routes.acked_resources.values(), *(routes.pending.resources.values() if routes.pending else ())]
             held = state.acked_resources
             named = {n for r in in_use for t, n in r.needs if t == CLUSTER}
-            for name in named - desired.keys():
-                if name in held:
-                    desired[name] = held[name]
+            kept = {name: held[name] for name in named - desired.keys() if name in held}
+            if kept:
+                desired = {**desired, **kept}
         elif type_url == ROUTE:
             held = state.acked_resources
-            for name, resource in list(desired.items()):
-                if not all(self._applied(t, n) for t, n in resource.needs):
-                    # Not yet: keep what the gateway has until its clusters are warm.
-                    if name in held:
-                        desired[name] = held[name]
-                    else:
-                        del desired[name]
+            waiting = [name for name, resource in desired.items() if not all(self._applied(t, n) for t, n in resource.needs)]
+            if waiting:
+                # Not yet: keep what the gateway has until its clusters are warm.
+                desired = {n: r for n, r in desired.items() if n not in waiting}
+                desired.update({n: held[n] for n in waiting if n in held})
         return desired
 
     def _applied(self, type_url: str, name: str) -> bool:
