@@ -60,6 +60,7 @@ async def test_a_failed_rebuild_is_logged_and_the_next_change_rebuilds(monkeypat
 
 async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_rebuild() -> None:
     from tests.builders import backend, endpoint_slice, ingress, path, rule, split
+    from kxds.xds.snapshot import set_version
     from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
 
     def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
@@ -71,6 +72,7 @@ async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_re
     controller = Controller(fleet, GatewaySettings(), Metrics())
     controller.apply(parsed(docs))
     before = await controller.rebuild()
+    before.type_version(ENDPOINT)  # computed, so the fast path carries it forward incrementally
     moved = endpoint_slice("s2", ["10.0.0.2", "10.0.0.3"], 9000)
     with structlog.testing.capture_logs() as logs:
         controller.apply(parsed([moved]))
@@ -84,3 +86,4 @@ async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_re
     changed = {n for n, r in fast.of_type(ENDPOINT).items() if before.of_type(ENDPOINT)[n].version != r.version}
     assert changed == {"ns/s2"}
     assert fast.of_type(ROUTE) is before.of_type(ROUTE)  # untouched types are shared, not rebuilt
+    assert fast.type_version(ENDPOINT) == set_version(fast.of_type(ENDPOINT)) == full.type_version(ENDPOINT)
