@@ -230,6 +230,7 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=30)
     parser.add_argument("--backends", type=int, default=3)
     parser.add_argument("--trim-stats", action="store_true", help="bootstrap Envoy with kxds bootstrap --trim-stats")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and Markdown go")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     backends = Backends(args.backends)
@@ -242,11 +243,11 @@ def main() -> int:
                 results.append(result)
     finally:
         backends.close()
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (args.results / f"{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
     table = markdown(results, command)
-    (RESULTS / "latest.md").write_text(table)
+    (args.results / "latest.md").write_text(table)
     print(table)
     return 0
 

@@ -1,0 +1,25 @@
+"""The benchmark harness still runs end to end (tiny sizes; the real figures come from bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).parents[2]
+
+
+def test_bench_runs_and_reports(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--sizes", "20", "--changes", "3", "--trim-stats", "--results", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (report,) = tmp_path.glob("*.json")
+    (measured,) = json.loads(report.read_text())["results"]
+    assert measured["ingresses"] == 20 and measured["ingress_change"]["p50_ms"] > 0 and measured["endpoint_flip"]["max_ms"] > 0
+    assert "| 20 |" in (tmp_path / "latest.md").read_text()
