@@ -16,21 +16,10 @@ from kubernetes import client
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.e2e.harness import Backends, ControlPlane, Gateway, ListenerPorts
 from tests.kube.emulator import VersionedEmulator
-from tests.kube.test_kubernetes_mode import GROUP, NS, PLURAL, VERSION, kubeconfig
+from tests.kube.test_kubernetes_mode import GROUP, NS, PLURAL, VERSION, kubeconfig, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 LEASE = ["--lease-duration", "2", "--lease-renew-interval", "0.3"]
-
-
-async def until(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_only_the_leader_writes_and_leadership_moves(tmp_path: Path) -> None:

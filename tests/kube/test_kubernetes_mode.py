@@ -26,6 +26,18 @@ NS = "kube"
 GROUP, VERSION, PLURAL = "networking.internal.knative.dev", "v1alpha1", "ingresses"
 
 
+async def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Await `check()` until it returns something truthy; the emulator keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 class Cluster:
     def __init__(self, emulator: VersionedEmulator, api: client.ApiClient, stack: Stack) -> None:
         self.emulator = emulator
@@ -49,14 +61,7 @@ class Cluster:
         return result
 
     async def until(self, check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = await check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.05)
+        return await until(check, timeout, what)
 
     async def ready_status(self, name: str, generation: int) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
