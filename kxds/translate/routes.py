@@ -98,7 +98,12 @@ def _match(path: Path) -> rc.RouteMatch:
 
 def _header_options(pairs: Iterable[tuple[str, str]]) -> list[base_pb2.HeaderValueOption]:
     # Knative's appendHeaders *set* the header: a client-sent value is replaced (serving#6366).
-    return [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=OVERWRITE) for k, v in pairs]
+    # Envoy reads `%` in added header values as a formatter command (%REQ(...)% and the like) and
+    # rejects the whole route configuration on a lone one: a literal % is written %%.
+    return [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v.replace("%", "%%")), append_action=OVERWRITE)
+        for k, v in pairs
+    ]
 
 
 def _forward_route(name: str, path: Path) -> rc.Route:

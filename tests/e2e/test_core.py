@@ -66,3 +66,12 @@ def test_invalid_ingress_is_reported_and_does_not_disturb_a_valid_one(stack: Sta
     assert curl(stack.ports.external, "good.example.com").status == 200
 
 
+
+
+def test_percent_signs_in_added_headers_arrive_literally(stack: Stack) -> None:
+    # Envoy treats % in added header values as formatter syntax; kxds must escape it (found by
+    # the hostile-input property test: one such value made Envoy reject every route).
+    literal = "100% sure, not %REQ(:path)% and %%"
+    doc = ingress("pct-lit", rule(["pct-lit.example.com"], path(split("pctlit", namespace=NS, Literal=literal))), namespace=NS)
+    publish(stack, "pct-lit.yaml", doc, *backend(stack, "pctlit"))
+    assert curl(stack.ports.external, "pct-lit.example.com").request_header("Literal") == literal
