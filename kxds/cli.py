@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_flags(run)
     _log_flag(run)
 
+    status = commands.add_parser("status", help="print every Ingress and every connected gateway of a running kxds")
+    _flag(status, "--admin-address", default="127.0.0.1:9090", help="admin address of the kxds to ask")
+
     echo = commands.add_parser("echo", help="run the sample backend that describes every request as JSON")
     _flag(echo, "--port", type=int, required=True, help="port to listen on")
     _flag(echo, "--host", default="127.0.0.1", help="address to listen on")
@@ -179,6 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             ports = [int(p) for p in str(args.echo_ports).split(",") if p.strip()]
             return asyncio.run(run_demo(settings_from(args), envoy_admin_port=_as_int(args.envoy_admin_port), echo_ports=ports))
+        case "status":
+            from kxds.status_view import status
+
+            try:
+                sys.stdout.write(status(args.admin_address))
+            except OSError as exc:
+                sys.stderr.write(f"kxds status: cannot reach kxds's admin at {args.admin_address}: {exc}\n")
+                return 1
         case "echo":
             from kxds.echo import serve_echo
 
