@@ -50,6 +50,7 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
     metrics = Metrics()
     fleet = Fleet(Snapshot(serial=0, resources={}), metrics)
     controller = Controller(fleet, settings.gateway, metrics, debounce_seconds=settings.debounce_seconds)
+    fleet.on_change.append(controller.observe_convergence)
     filters = Filters(ingress_class=settings.ingress_class, system_namespace=settings.system_namespace)
     async with contextlib.AsyncExitStack() as stack:
         # Prime: every object is read and translated before any gateway can connect, so a restarted

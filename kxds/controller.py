@@ -113,6 +113,10 @@ class Controller:
         self._full_rebuild = True
         self._endpoints_changed: set[str] = set()
         self._slices: dict[str, dict[ObjectKey, EndpointSlice]] = {}  # "ns/service" → its slices
+        # Convergence: when the oldest change not yet in a snapshot arrived, and, per published
+        # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
+        self._changed_at: float | None = None
+        self._converging: dict[int, float] = {}
 
     @property
     def objects(self) -> Mapping[ObjectKey, Parsed]:
@@ -142,6 +146,8 @@ class Controller:
             if isinstance(new, EndpointSlice):
                 self._slices.setdefault(f"{new.namespace}/{new.service_name}", {})[key] = new
         if changed:
+            if self._changed_at is None:
+                self._changed_at = time.monotonic()
             self._dirty.set()
 
     async def rebuild(self) -> Snapshot:
@@ -159,7 +165,7 @@ class Controller:
         self._metrics.build_seconds.observe(elapsed)
         self.config = config
         self._track(world.ingresses, rejected, config, snapshot.serial)
-        self._fleet.publish(snapshot)
+        self._publish(snapshot)
         for problem in (*world.kourier.problems, *world.network.problems, *config.problems):
             log.warning("config.invalid", problem=problem)
         log.info(
@@ -178,6 +184,20 @@ class Controller:
         self._rebuilt = asyncio.Event()
         return snapshot
 
+    def _publish(self, snapshot: Snapshot) -> None:
+        if self._changed_at is not None:
+            self._converging[snapshot.serial] = self._changed_at
+            self._changed_at = None
+        self._fleet.publish(snapshot)
+
+    def observe_convergence(self) -> None:
+        """Called when gateways' state moves: record changes every gateway has now applied."""
+        if not self._converging or not self._fleet.gateways:
+            return
+        now = time.monotonic()
+        for serial in [s for s in self._converging if self._fleet.synced(s)]:
+            self._metrics.convergence_seconds.observe(now - self._converging.pop(serial))
+
     def _rebuild_endpoints(self) -> Snapshot:
         """Only EndpointSlices changed: new load assignments for those Services, nothing else.
 
@@ -189,7 +209,7 @@ class Controller:
         changed = update_endpoints(self._cache, slices)
         self._serial += 1
         snapshot = self._fleet.snapshot.with_resources(self._serial, ENDPOINT, {e.name: e for e in changed})
-        self._fleet.publish(snapshot)
+        self._publish(snapshot)
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
         log.info("snapshot.endpoints", serial=snapshot.serial, assignments=len(changed), seconds=round(elapsed, 4))

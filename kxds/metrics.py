@@ -21,4 +21,10 @@ class Metrics:
             registry=r,
         )
         self.ingresses = Gauge("kxds_ingresses", "Ingresses of our class by readiness", ["ready"], registry=r)
+        self.convergence_seconds = Histogram(
+            "kxds_convergence_seconds",
+            "From an object change to every connected gateway having ACKed the configuration carrying it",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.rejected_objects = Counter("kxds_rejected_objects", "Source documents rejected", ["kind"], registry=r)

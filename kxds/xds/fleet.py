@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -49,6 +50,7 @@ class Fleet:
         self._metrics = metrics
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
+        self.on_change: list[Callable[[], None]] = []  # called whenever a gateway's state moves
 
     def publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -94,6 +96,8 @@ class Fleet:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for callback in self.on_change:
+            callback()
 
     def _record(self, gateway: Gateway, event: xs.Event) -> None:
         kind = SHORT_NAMES.get(event.type_url, event.type_url)

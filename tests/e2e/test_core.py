@@ -10,7 +10,7 @@ import pytest
 from kxds.model.ingress import parse_ingress
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.conftest import Stack
-from tests.e2e.harness import curl
+from tests.e2e.harness import curl, wait_until
 
 pytestmark = pytest.mark.e2e
 NS = "e2e"
@@ -75,3 +75,17 @@ def test_percent_signs_in_added_headers_arrive_literally(stack: Stack) -> None:
     doc = ingress("pct-lit", rule(["pct-lit.example.com"], path(split("pctlit", namespace=NS, Literal=literal))), namespace=NS)
     publish(stack, "pct-lit.yaml", doc, *backend(stack, "pctlit"))
     assert curl(stack.ports.external, "pct-lit.example.com").request_header("Literal") == literal
+
+
+def test_convergence_is_measured_from_change_to_every_gateways_ack(stack: Stack) -> None:
+    def observations() -> float:
+        text = stack.plane.get("/metrics")[1].decode()
+        line = next(line for line in text.splitlines() if line.startswith("kxds_convergence_seconds_count"))
+        return float(line.split()[-1])
+
+    before = observations()
+    doc = ingress("conv", rule(["conv.example.com"], path(split("conv", namespace=NS))), namespace=NS)
+    publish(stack, "conv.yaml", doc, *backend(stack, "conv"))
+    wait_until(lambda: observations() > before, what="a convergence observation")
+    text = stack.plane.get("/metrics")[1].decode()
+    assert 'kxds_convergence_seconds_bucket{le="60.0"}' in text
