@@ -77,7 +77,7 @@ def build_world(objects: Iterable[Parsed]) -> World:
             case Service():
                 services[obj.key] = obj
             case EndpointSlice():
-                slices.setdefault(f"{obj.namespace}/{obj.service_name}", []).append(obj)
+                slices.setdefault(obj.service_key, []).append(obj)
             case Secret():
                 secrets[obj.key] = obj
             case KourierConfig():
@@ -105,7 +105,6 @@ class Controller:
         self._serial = fleet.snapshot.serial
         self._dirty = asyncio.Event()
         self.primed = False
-        self.config = GatewayConfig()
         self._rebuilt = asyncio.Event()
         # Rebuilds run one at a time (the run loop, or priming before it), so one cache is safe.
         self._cache = TranslationCache()
@@ -140,11 +139,11 @@ class Controller:
                 continue
             for piece in (old, new):
                 if isinstance(piece, EndpointSlice):
-                    self._endpoints_changed.add(f"{piece.namespace}/{piece.service_name}")
+                    self._endpoints_changed.add(piece.service_key)
             if isinstance(old, EndpointSlice):
-                self._slices.get(f"{old.namespace}/{old.service_name}", {}).pop(key, None)
+                self._slices.get(old.service_key, {}).pop(key, None)
             if isinstance(new, EndpointSlice):
-                self._slices.setdefault(f"{new.namespace}/{new.service_name}", {})[key] = new
+                self._slices.setdefault(new.service_key, {})[key] = new
         if changed:
             if self._changed_at is None:
                 self._changed_at = time.monotonic()
@@ -163,7 +162,6 @@ class Controller:
         config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot)
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
-        self.config = config
         self._track(world.ingresses, rejected, config, snapshot.serial)
         self._publish(snapshot)
         for problem in (*world.kourier.problems, *world.network.problems, *config.problems):
@@ -180,9 +178,12 @@ class Controller:
             # objects on later collections (measured: a 0.3 s pause on the first change at 10k).
             gc.freeze()
         self.primed = True
+        self._signal_rebuilt()
+        return snapshot
+
+    def _signal_rebuilt(self) -> None:
         self._rebuilt.set()
         self._rebuilt = asyncio.Event()
-        return snapshot
 
     def _publish(self, snapshot: Snapshot) -> None:
         if self._changed_at is not None:
@@ -213,8 +214,7 @@ class Controller:
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
         log.info("snapshot.endpoints", serial=snapshot.serial, assignments=len(changed), seconds=round(elapsed, 4))
-        self._rebuilt.set()
-        self._rebuilt = asyncio.Event()
+        self._signal_rebuilt()
         return snapshot
 
     async def wait_rebuilt(self) -> None:
@@ -260,8 +260,7 @@ class Controller:
 
     def gateway_pods(self, namespace: str, service: str) -> list[str]:
         """Ready addresses of a Service's EndpointSlices: the gateway pods to probe."""
-        return sorted({a for o in self._objects.values() if isinstance(o, EndpointSlice) and o.namespace == namespace
-                       and o.service_name == service for a in o.addresses})
+        return sorted({a for piece in self._slices.get(f"{namespace}/{service}", {}).values() for a in piece.addresses})
 
     def statuses(self) -> list[IngressStatus]:
         """Readiness of every Ingress of our class, as /ingresses reports it."""

@@ -64,6 +64,11 @@ class EndpointSlice:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def service_key(self) -> str:
+        """The key of the Service this slice belongs to ("ns/name", like Service.key)."""
+        return f"{self.namespace}/{self.service_name}"
+
 
 def _identity(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str, Any]]:
     metadata = raw.get("metadata")
