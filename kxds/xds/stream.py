@@ -53,6 +53,11 @@ class StaleNonce:
 Event = Sent | Acked | Nacked | StaleNonce
 
 
+def _differing(resources: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
+    """Names in `resources` that `held` lacks or holds at another version, in name order."""
+    return sorted(n for n, r in resources.items() if n not in held or held[n].version != r.version)
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     version: str
@@ -137,17 +142,14 @@ class SotwStream:
         state.applied_serial = max(state.applied_serial, state.acked.serial)
         self._events.append(Acked(type_url, state.acked.version))
         if type_url == CLUSTER:
-            modified = {
-                n for n, r in state.acked.resources.items()
-                if n in previous and previous[n].version != r.version and (ENDPOINT, n) in r.needs
-            }
+            resources = state.acked.resources
+            modified = [n for n in _differing(resources, previous) if n in previous and (ENDPOINT, n) in resources[n].needs]
             if modified and ENDPOINT in self.types:
                 self.types[ENDPOINT].force = True
 
     def _reject(self, type_url: str, state: TypeState, message: str) -> None:
         assert state.pending is not None
-        before = state.acked_resources
-        changed = tuple(n for n, r in sorted(state.pending.resources.items()) if n not in before or before[n].version != r.version)
+        changed = tuple(_differing(state.pending.resources, state.acked_resources))
         state.rejected_version, state.last_error = state.pending.version, message
         state.pending = None
         self._events.append(Nacked(type_url, state.rejected_version, message, changed))
@@ -195,8 +197,7 @@ class SotwStream:
             return False
         # RDS/EDS: a resource left out of a response is not deleted (§2.4), so only a new or
         # changed resource is worth a response.
-        held = state.acked_resources
-        return all(n in held and held[n].version == r.version for n, r in desired.items())
+        return not _differing(desired, state.acked_resources)
 
     def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int) -> discovery_pb2.DiscoveryResponse:
         self._nonce += 1
@@ -205,8 +206,7 @@ class SotwStream:
         if type_url not in FULL_STATE and not state.force:
             # RDS/EDS: Envoy updates only the watches whose resources a response carries and keeps
             # the others (xds-protocol.md §2.4), so an endpoint flip is one assignment on the wire.
-            held = state.acked_resources
-            sent = [n for n in sent if n not in held or held[n].version != desired[n].version]
+            sent = _differing(desired, state.acked_resources)
         # What the gateway holds once it ACKs is the whole desired set, sent or not.
         state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
         self._events.append(Sent(type_url, version, nonce, len(sent)))
@@ -247,8 +247,7 @@ class SotwStream:
 
     def _covers(self, type_url: str, state: TypeState, desired: Mapping[str, Resource]) -> bool:
         """Does `desired` carry every resource of the current snapshot this gateway asked for?"""
-        wanted = self._requested(type_url, state)
-        return all(n in desired and desired[n].version == r.version for n, r in wanted.items())
+        return not _differing(self._requested(type_url, state), desired)
 
     def _update_synced(self) -> None:
         """The newest snapshot the gateway has applied in full (drives Ingress readiness)."""
