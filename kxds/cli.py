@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kxds.model.config import ExtAuthzConfig, parse_ext_authz
+from kxds.model.errors import FieldError
 from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, KubernetesSettings, Ports, Settings
 
 
@@ -116,7 +118,27 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         http_option_disabled="KOURIER_HTTPOPTION_DISABLED" in os.environ,
         system_namespace=args.system_namespace,
         default_certificate=_default_certificate(),
+        ext_authz=_env_ext_authz(),
     )
+
+
+_EXT_AUTHZ_ENV = {
+    "host": "KOURIER_EXTAUTHZ_HOST",
+    "protocol": "KOURIER_EXTAUTHZ_PROTOCOL",
+    "failure-mode-allow": "KOURIER_EXTAUTHZ_FAILUREMODEALLOW",
+    "max-request-body-bytes": "KOURIER_EXTAUTHZ_MAXREQUESTBYTES",
+    "timeout": "KOURIER_EXTAUTHZ_TIMEOUT",
+    "path-prefix": "KOURIER_EXTAUTHZ_PATHPREFIX",
+    "pack-as-bytes": "KOURIER_EXTAUTHZ_PACKASBYTES",
+    "pack-as-byte": "KOURIER_EXTAUTHZ_PACKASBYTES",
+}
+
+
+def _env_ext_authz() -> ExtAuthzConfig | None:
+    try:
+        return parse_ext_authz(os.environ, prefix="env ", keys=_EXT_AUTHZ_ENV)
+    except FieldError as exc:
+        raise SystemExit(f"kxds: {exc.field}: {exc.problem}") from None
 
 
 def _default_certificate() -> str:

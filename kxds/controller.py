@@ -126,6 +126,12 @@ class Controller:
         for key, obj in upserts.items():
             # A status write echoed by the watch parses to the same object: nothing to rebuild.
             before = self._objects.get(key)
+            if isinstance(obj, (KourierConfig, NetworkConfig)):
+                for problem in obj.problems:
+                    log.warning("config.invalid", problem=problem)
+                if isinstance(obj, KourierConfig):
+                    # An invalid value is never served: the key keeps the value it had.
+                    obj = obj.keeping(before if isinstance(before, KourierConfig) else KourierConfig())
             if before != obj:
                 self._objects[key] = obj
                 changed.append((key, before, obj))
@@ -164,7 +170,7 @@ class Controller:
         self._metrics.build_seconds.observe(elapsed)
         self._track(world.ingresses, rejected, config, snapshot.serial)
         self._publish(snapshot)
-        for problem in (*world.kourier.problems, *world.network.problems, *config.problems):
+        for problem in config.problems:
             log.warning("config.invalid", problem=problem)
         log.info(
             "snapshot.built",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kxds.model.config import ExtAuthzConfig
+
 DEFAULT_INGRESS_CLASS = "kourier.ingress.networking.knative.dev"
 DEFAULT_NODE_ID = "3scale-kourier-gateway"
 DEFAULT_NODE_CLUSTER = "kourier-knative"
@@ -35,6 +37,8 @@ class GatewaySettings:
     # CERTS_SECRET_NAMESPACE/CERTS_SECRET_NAME as "ns/name": the one-certificate default for
     # external HTTPS (config-kourier's certs-secret-* keys override it).
     default_certificate: str = ""
+    # KOURIER_EXTAUTHZ_*: the legacy ext-authz; when set it wins over config-kourier's keys.
+    ext_authz: ExtAuthzConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -64,3 +64,7 @@ def endpoint_slice(service_name: str, addresses: list[str], port: int, namespace
 def backend(name: str, port: int, namespace: str = "ns", port_name: str = "http") -> list[dict[str, Any]]:
     """A Service on port 80 and its EndpointSlice pointing at 127.0.0.1:port."""
     return [service(name, namespace, port_name=port_name), endpoint_slice(name, ["127.0.0.1"], port, namespace, port_name)]
+
+
+def config_map(name: str, data: dict[str, str], namespace: str = "knative-serving") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}, "data": data}

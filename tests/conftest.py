@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ from tests.e2e.harness import Backends, ControlPlane, Gateway, ListenerPorts
 
 
 class Stack:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, env: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
         self.ports = ListenerPorts()
         self.backends = Backends()
-        self.plane = ControlPlane(workdir, self.ports)
+        self.plane = ControlPlane(workdir, self.ports, env=env)
         self.gateway = Gateway(workdir, self.plane)
 
     def close(self) -> None:

@@ -20,6 +20,8 @@ from kxds.model.probe_hash import probe_hash
 API_VERSION = "networking.internal.knative.dev/v1alpha1"
 CLASS_ANNOTATION = "networking.knative.dev/ingress.class"
 DISABLE_HTTP2_ANNOTATION = "kourier.knative.dev/disable-http2"
+# Skip the gateway's ext-authz check for this Ingress's hosts (net-kourier#1197).
+DISABLE_EXT_AUTHZ_ANNOTATION = "kourier.knative.dev/disable-extauthz"
 
 
 class Visibility(enum.StrEnum):
@@ -77,6 +79,8 @@ class Ingress:
     tls: tuple[TLS, ...] = ()
     http_option: HTTPOption = HTTPOption.ENABLED
     disable_http2: bool = False
+    disable_ext_authz: bool = False
+    labels: tuple[tuple[str, str], ...] = ()  # sent to ext-authz as context extensions
     hash: str
 
     @property
@@ -131,6 +135,8 @@ def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
             generation=generation,
             creation_timestamp=fields.string(metadata.get("creationTimestamp"), "metadata.creationTimestamp"),
             disable_http2=_annotation(metadata, DISABLE_HTTP2_ANNOTATION).lower() == "true",
+            disable_ext_authz=_annotation(metadata, DISABLE_EXT_AUTHZ_ANNOTATION).lower() == "true",
+            labels=fields.string_map(metadata.get("labels"), "metadata.labels"),
             hash=digest,
             **_spec(raw_spec, namespace),
         )

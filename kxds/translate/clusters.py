@@ -38,20 +38,25 @@ def cluster(service: Service, port: ServicePort, *, http2: bool, upstream_tls: t
         out.type = cluster_pb2.Cluster.EDS
         out.eds_cluster_config.eds_config.CopyFrom(ads_source())
     if http2:
-        options = http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-            )
-        )
-        packed = any_pb2.Any()
-        packed.Pack(options)
-        out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed)
+        speak_http2(out)
     if upstream_tls is not None:
         context = any_pb2.Any()
         context.Pack(upstream_tls)
         out.transport_socket.name = "envoy.transport_sockets.tls"
         out.transport_socket.typed_config.CopyFrom(context)
     return out
+
+
+def speak_http2(out: cluster_pb2.Cluster) -> None:
+    """HTTP/2 with prior knowledge (h2c, or h2 under TLS) to the cluster's hosts."""
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    packed = any_pb2.Any()
+    packed.Pack(options)
+    out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed)
 
 
 def load_assignment(service: Service, port: ServicePort, slices: Iterable[EndpointSlice]) -> endpoint_pb2.ClusterLoadAssignment:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -17,7 +17,7 @@ from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service, ServicePort
 from kxds.model.world import World
 from kxds.settings import GatewaySettings
-from kxds.translate import clusters, listeners, names, routes, tls
+from kxds.translate import clusters, extensions, listeners, names, routes, tls
 from kxds.translate.https import HttpsPlan
 from kxds.translate.encoded import Encoded, RouteTable, encode
 from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
@@ -48,6 +48,8 @@ class GatewayConfig:
     route_tables: tuple[RouteTable, ...] = ()
     # Route configuration name → the dynamic clusters its routes name (for make-before-break).
     route_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Listener name → the clusters its filters call (ext-authz, the tracing collector).
+    listener_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
     clusters: tuple[cluster_pb2.Cluster, ...] = ()
     # Cluster name → (type URL, name) of what it needs first: its EDS assignment, its CA secret.
     cluster_needs: Mapping[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
@@ -113,8 +115,8 @@ def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | 
 
 
 @functools.cache
-def _status_vhost() -> Encoded:
-    return encode(names.STATUS_VHOST, routes.status_vhost())
+def _status_vhost(ext_authz: bool) -> Encoded:
+    return encode(names.STATUS_VHOST, routes.status_vhost(ext_authz))
 
 
 def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[EndpointSlice, ...]]) -> list[Encoded]:
@@ -146,13 +148,16 @@ class _Plan:
 
     def __init__(self, world: World, gateway: GatewaySettings, cache: TranslationCache) -> None:
         self.world, self.gateway, self.cache = world, gateway, cache
+        # The legacy KOURIER_EXTAUTHZ_* environment wins over config-kourier's keys, as in Kourier.
+        self.kourier = world.kourier if gateway.ext_authz is None else replace(world.kourier, ext_authz=gateway.ext_authz)
+        self.ext_authz = self.kourier.ext_authz is not None
         self.outcomes: dict[str, Outcome] = {}
         self.backends: dict[str, _Backend] = {}
         self.external: list[Encoded] = []
-        self.internal: list[Encoded] = [_status_vhost()]
+        self.internal: list[Encoded] = [_status_vhost(self.ext_authz)]
         self.referenced: set[str] = set()
         self.claimed: dict[str, str] = {}
-        self.https = HttpsPlan(world.secrets, world.kourier, gateway)
+        self.https = HttpsPlan(world.secrets, self.kourier, gateway)
         self.upstream_ca = _upstream_ca(world, gateway)
         self.ingress_cache: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
 
@@ -179,7 +184,7 @@ class _Plan:
     def _translated(self, ingress: Ingress) -> _IngressResult:
         """The Ingress's own translation, from the cache when nothing it depends on changed."""
         upstream = self.upstream_ca is not None and not self.upstream_ca[1]
-        inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled,
+        inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled, self.ext_authz,
                   *(self.world.services.get(ref) for ref in _service_refs(ingress)))
         cached = self.cache.ingresses.get(ingress.key)
         if cached is not None and _same(cached[0], inputs):
@@ -196,7 +201,7 @@ class _Plan:
         if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
             message = f"system-internal-tls is enabled but {self.upstream_ca[1]}"
             return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
-        vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled)
+        vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled, ext_authz=self.ext_authz)
         return _IngressResult(
             Outcome(programmed=True),
             found,
@@ -242,19 +247,22 @@ class _Plan:
         # Keep only what this translation used: memory stays proportional to the world.
         cache.ingresses, cache.clusters, cache.assignments, cache.tables = self.ingress_cache, built_clusters, built_assignments, encoded_tables
         secrets = https.secrets() + ([tls.ca_secret(ca)] if ca and any(b.upstream_tls for _, b in wanted) else [])
-        all_listeners = listeners.plain_listeners(self.gateway, world.kourier) + https.listeners()
+        all_listeners = listeners.plain_listeners(self.gateway, self.kourier) + https.listeners()
+        services = extensions.service_clusters(self.kourier.ext_authz, self.kourier.tracing)
+        service_names = frozenset(c.name for c in services)
         return GatewayConfig(
             listeners=tuple(all_listeners),
             route_tables=tuple(tables),
             route_clusters={t.name: frozenset(referenced) for t in tables},
-            clusters=tuple(c for _, c, _ in built_clusters.values()),
+            listener_clusters={lis.name: service_names for lis in all_listeners},
+            clusters=(*(c for _, c, _ in built_clusters.values()), *services),
             cluster_needs=needs,
             load_assignments=tuple(a for _, a, _ in built_assignments.values()),
             secrets=tuple(secrets),
             outcomes=self.outcomes,
             problems=tuple(https.problems),
             encoded={
-                CLUSTER: tuple(e for _, _, e in built_clusters.values()),
+                CLUSTER: (*(e for _, _, e in built_clusters.values()), *(encode(c.name, c) for c in services)),
                 ENDPOINT: tuple(e for _, _, e in built_assignments.values()),
                 LISTENER: tuple(encode(lis.name, lis) for lis in all_listeners),
                 ROUTE: tuple(e for _, e in encoded_tables.values()),

@@ -19,7 +19,7 @@ from kxds.model.ingress import Ingress, Visibility
 from kxds.model.secret import Secret
 from kxds.settings import GatewaySettings
 from kxds.translate import names, routes, tls
-from kxds.translate.listeners import SniChain, tls_listener
+from kxds.translate.listeners import SniChain, listen_addresses, tls_listener
 
 
 class HttpsPlan:
@@ -76,7 +76,7 @@ class HttpsPlan:
                 claimed.add(host)
                 chains = self._external if visibility[host] is Visibility.EXTERNAL_IP else self._internal
                 chains.setdefault(ref, set()).add(host)
-        vhosts = routes.ingress_virtual_hosts(ingress, tls=True, redirects_disabled=redirects_disabled)
+        vhosts = routes.ingress_virtual_hosts(ingress, tls=True, redirects_disabled=redirects_disabled, ext_authz=self._kourier.ext_authz is not None)
         self.clusters |= vhosts.clusters
         self.external_vhosts.extend(vhosts.external)
         # With a cluster-wide internal certificate, every internal host is served over HTTPS.
@@ -87,15 +87,16 @@ class HttpsPlan:
         return [tls.certificate_secret(s) for _, s in sorted(self._used.items())]
 
     def listeners(self) -> list[listener_pb2.Listener]:
-        address, ports, kourier = self._gateway.listen_address, self._gateway.ports, self._kourier
+        ports, kourier = self._gateway.ports, self._kourier
+        addresses, proxy_protocol = listen_addresses(self._gateway, kourier), kourier.enable_proxy_protocol
         out = []
         external = self._chains(self._external, self._default_external)
         if external:
-            out.append(tls_listener(address, ports.external_https, names.EXTERNAL_TLS_ROUTES, external, kourier))
-            out.append(tls_listener(address, ports.probe_https, names.EXTERNAL_TLS_ROUTES, external, kourier))
+            out.append(tls_listener(addresses, ports.external_https, names.EXTERNAL_TLS_ROUTES, external, kourier, proxy_protocol=proxy_protocol))
+            out.append(tls_listener(addresses, ports.probe_https, names.EXTERNAL_TLS_ROUTES, external, kourier, proxy_protocol=False))
         internal = self._chains(self._internal, self._default_internal)
         if internal:
-            out.append(tls_listener(address, ports.internal_https, names.INTERNAL_TLS_ROUTES, internal, kourier))
+            out.append(tls_listener(addresses, ports.internal_https, names.INTERNAL_TLS_ROUTES, internal, kourier, proxy_protocol=proxy_protocol))
         return out
 
     def route_config_vhosts(self) -> dict[str, list[rc.VirtualHost]]:
@@ -104,7 +105,7 @@ class HttpsPlan:
         if self._external or self._default_external:
             out[names.EXTERNAL_TLS_ROUTES] = self.external_vhosts
         if self._internal or self._default_internal:
-            out[names.INTERNAL_TLS_ROUTES] = [*self.internal_vhosts, *([routes.status_vhost()] if self._default_internal else [])]
+            out[names.INTERNAL_TLS_ROUTES] = [*self.internal_vhosts, *([routes.status_vhost(self._kourier.ext_authz is not None)] if self._default_internal else [])]
         return out
 
     @staticmethod

@@ -12,6 +12,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -19,12 +20,13 @@ from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from kxds.model.config import KourierConfig
 from kxds.settings import GatewaySettings
-from kxds.translate import names, tls
+from kxds.translate import extensions, names, tls
 from kxds.translate.clusters import ads_source
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+PROXY_PROTOCOL = "envoy.filters.listener.proxy_protocol"
 RDS_INITIAL_FETCH_TIMEOUT = duration_pb2.Duration(seconds=10)
 
 
@@ -34,13 +36,22 @@ def packed(msg: message.Message) -> any_pb2.Any:
     return out
 
 
+def listen_addresses(gateway: GatewaySettings, kourier: KourierConfig) -> tuple[str, ...]:
+    """config-kourier's listen-ip-addresses, else --listen-address: the first is each listener's
+    address, the others its additional addresses (IPv4 and IPv6 on one listener)."""
+    return kourier.listen_ip_addresses or (gateway.listen_address,)
+
+
 def plain_listeners(gateway: GatewaySettings, kourier: KourierConfig) -> list[listener_pb2.Listener]:
-    """External 8080, internal 8081 and the probe listener 8090 (which serves the external routes)."""
-    ports = gateway.ports
+    """External 8080, internal 8081 and the probe listener 8090 (which serves the external routes).
+
+    Proxy protocol, when on, applies to the external listener only: the internal and probe
+    listeners are reached directly by pods and the prober, never through a load balancer."""
+    ports, addresses = gateway.ports, listen_addresses(gateway, kourier)
     return [
-        _listener(gateway.listen_address, ports.external_http, names.EXTERNAL_ROUTES, kourier),
-        _listener(gateway.listen_address, ports.internal_http, names.INTERNAL_ROUTES, kourier),
-        _listener(gateway.listen_address, ports.probe_http, names.EXTERNAL_ROUTES, kourier),
+        _listener(addresses, ports.external_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=kourier.enable_proxy_protocol),
+        _listener(addresses, ports.internal_http, names.INTERNAL_ROUTES, kourier, proxy_protocol=False),
+        _listener(addresses, ports.probe_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=False),
     ]
 
 
@@ -52,7 +63,9 @@ class SniChain:
     secret: str
 
 
-def tls_listener(address: str, port: int, route_config: str, chains: list[SniChain], kourier: KourierConfig) -> listener_pb2.Listener:
+def tls_listener(
+    addresses: tuple[str, ...], port: int, route_config: str, chains: list[SniChain], kourier: KourierConfig, *, proxy_protocol: bool
+) -> listener_pb2.Listener:
     """An HTTPS listener: one filter chain per certificate, chosen by SNI (tls_inspector)."""
     manager = packed(connection_manager(route_config, kourier))
     filter_chains = []
@@ -67,27 +80,38 @@ def tls_listener(address: str, port: int, route_config: str, chains: list[SniCha
                 filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=manager)],
             )
         )
-    return listener_pb2.Listener(
-        name=names.listener_name(port),
-        address=_address(address, port),
-        listener_filters=[listener_components_pb2.ListenerFilter(name=TLS_INSPECTOR, typed_config=packed(tls_inspector_pb2.TlsInspector()))],
-        filter_chains=filter_chains,
-    )
+    listener = _bound(addresses, port, proxy_protocol)
+    # The proxy protocol header comes first on the wire, the TLS ClientHello after it.
+    listener.listener_filters.append(listener_components_pb2.ListenerFilter(name=TLS_INSPECTOR, typed_config=packed(tls_inspector_pb2.TlsInspector())))
+    listener.filter_chains.extend(filter_chains)
+    return listener
 
 
 def _address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
 
 
-def _listener(address: str, port: int, route_config: str, kourier: KourierConfig) -> listener_pb2.Listener:
-    chain = listener_components_pb2.FilterChain(
-        filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=packed(connection_manager(route_config, kourier)))]
-    )
-    return listener_pb2.Listener(
+def _bound(addresses: tuple[str, ...], port: int, proxy_protocol: bool) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(
         name=names.listener_name(port),
-        address=_address(address, port),
-        filter_chains=[chain],
+        address=_address(addresses[0], port),
+        additional_addresses=[listener_pb2.AdditionalAddress(address=_address(a, port)) for a in addresses[1:]],
     )
+    if proxy_protocol:
+        listener.listener_filters.append(
+            listener_components_pb2.ListenerFilter(name=PROXY_PROTOCOL, typed_config=packed(proxy_protocol_pb2.ProxyProtocol()))
+        )
+    return listener
+
+
+def _listener(addresses: tuple[str, ...], port: int, route_config: str, kourier: KourierConfig, *, proxy_protocol: bool) -> listener_pb2.Listener:
+    listener = _bound(addresses, port, proxy_protocol)
+    listener.filter_chains.append(
+        listener_components_pb2.FilterChain(
+            filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=packed(connection_manager(route_config, kourier)))]
+        )
+    )
+    return listener
 
 
 def connection_manager(route_config: str, kourier: KourierConfig) -> hcm_pb2.HttpConnectionManager:
@@ -97,10 +121,17 @@ def connection_manager(route_config: str, kourier: KourierConfig) -> hcm_pb2.Htt
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         stat_prefix="ingress_http",
         rds=hcm_pb2.Rds(config_source=source, route_config_name=route_config),
-        http_filters=[hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router()))],
-        use_remote_address=wrappers_pb2.BoolValue(value=kourier.use_remote_address),
+        http_filters=[
+            *([extensions.ext_authz_filter(kourier.ext_authz)] if kourier.ext_authz else []),
+            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router())),
+        ],
+        # Behind a proxy-protocol load balancer the connection's source is the client's address.
+        use_remote_address=wrappers_pb2.BoolValue(value=kourier.use_remote_address or kourier.enable_proxy_protocol),
         xff_num_trusted_hops=kourier.trusted_hops_count,
     )
+    if kourier.tracing is not None:
+        manager.tracing.CopyFrom(extensions.tracing(kourier.tracing))
+        manager.generate_request_id.value = True
     # Envoy's 5 min default cut long requests (net-kourier#430); Kourier's default 0s disables it.
     manager.stream_idle_timeout.FromNanoseconds(round(kourier.stream_idle_timeout_seconds * 1e9))
     if kourier.disable_envoy_server_header:

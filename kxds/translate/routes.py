@@ -11,7 +11,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from kxds.model.ingress import HTTPOption, Ingress, Path, Visibility
-from kxds.translate import names
+from kxds.translate import extensions, names
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -38,8 +38,9 @@ def with_probe_paths(paths: Iterable[Path], digest: str) -> list[Path]:
     return probes + originals
 
 
-def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disabled: bool = False) -> IngressVirtualHosts:
+def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disabled: bool = False, ext_authz: bool = False) -> IngressVirtualHosts:
     """The Ingress's vhosts; `tls` gives the copies for HTTPS listeners, which never redirect.
+    With `ext_authz` on, each vhost tells the authorization service who it is (or opts out).
 
     Hosts whose routes come from the same rules share one vhost with all their domains (the three
     cluster-local forms of a Knative Service become one vhost): the route list is built and sent
@@ -56,15 +57,24 @@ def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disa
         for path in with_probe_paths(rule.paths, ingress.hash):
             name = names.route_name(ingress.key, hosts[0], path.path)
             if redirect and is_external:
-                routes.append(_redirect_route(name, path))
+                route = _redirect_route(name, path)
             else:
-                routes.append(_forward_route(name, path))
+                route = _forward_route(name, path)
                 clusters.update(names.cluster_name(s.service_namespace, s.service_name) for s in path.splits)
+            if ext_authz and path.path.startswith(extensions.ACME_CHALLENGE_PREFIX):
+                route.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(extensions.ext_authz_disabled())
+            routes.append(route)
         rule_routes.append(routes)
         for host in hosts:
             contributions["internal"].setdefault(host, []).append(index)
             contributions["external" if is_external else "cluster_local"].setdefault(host, []).append(index)
     vhosts = {kind: _grouped(ingress.key, hosts, rule_routes) for kind, hosts in contributions.items()}
+    if ext_authz:
+        first_rule = {h: i for i, rule in reversed(list(enumerate(ingress.rules))) for h in (rule.hosts or ("*",))}
+        for vhost in (v for group in vhosts.values() for v in group):
+            visibility = ingress.rules[first_rule[vhost.domains[0]]].visibility.value
+            config = extensions.ext_authz_disabled() if ingress.disable_ext_authz else extensions.ext_authz_context(visibility, ingress.labels)
+            vhost.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(config)
     return IngressVirtualHosts(
         external=vhosts["external"], internal=vhosts["internal"], cluster_local=vhosts["cluster_local"], clusters=frozenset(clusters)
     )
@@ -136,8 +146,9 @@ def _redirect_route(name: str, path: Path) -> rc.Route:
     return rc.Route(name=name, match=_match(path), redirect=rc.RedirectAction(https_redirect=True))
 
 
-def status_vhost() -> rc.VirtualHost:
-    """`internalkourier` /ready → Envoy admin: what the gateway's kubelet probes call."""
+def status_vhost(ext_authz: bool = False) -> rc.VirtualHost:
+    """`internalkourier` /ready → Envoy admin: what the gateway's kubelet probes call (never
+    behind ext-authz: a down authorization service must not fail the gateway's own probes)."""
     timeout = duration_pb2.Duration(seconds=1)
     route = rc.Route(
         name="gateway_ready",
@@ -149,4 +160,7 @@ def status_vhost() -> rc.VirtualHost:
             timeout=timeout,
         ),
     )
-    return rc.VirtualHost(name=names.STATUS_VHOST, domains=[names.STATUS_VHOST], routes=[route])
+    vhost = rc.VirtualHost(name=names.STATUS_VHOST, domains=[names.STATUS_VHOST], routes=[route])
+    if ext_authz:
+        vhost.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(extensions.ext_authz_disabled())
+    return vhost

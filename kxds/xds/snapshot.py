@@ -33,7 +33,8 @@ class Resource:
     version: str
     body: any_pb2.Any = field(repr=False, compare=False)
     # (type URL, name) of what must be applied before this resource is usable: for a route
-    # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets.
+    # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets;
+    # for a listener the clusters its filters call.
     needs: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
@@ -105,14 +106,14 @@ def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None
     """Wrap the encoded resources; those unchanged since `previous` are reused as they are."""
     dynamic = {c.name for c in config.encoded.get(CLUSTER, ())}
     route_needs = {name: frozenset((CLUSTER, c) for c in clusters & dynamic) for name, clusters in config.route_clusters.items()}
+    listener_needs = {name: frozenset((CLUSTER, c) for c in clusters) for name, clusters in config.listener_clusters.items()}
+    needs_of = {CLUSTER: config.cluster_needs, ROUTE: route_needs, LISTENER: listener_needs}
     by_type: dict[str, dict[str, Resource]] = {}
     for type_url, encoded in config.encoded.items():
         before = previous.of_type(type_url) if previous is not None else {}
         resources = by_type[type_url] = {}
         for e in encoded:
-            needs = config.cluster_needs.get(e.name, frozenset()) if type_url == CLUSTER else (
-                route_needs.get(e.name, frozenset()) if type_url == ROUTE else frozenset()
-            )
+            needs = needs_of.get(type_url, {}).get(e.name, frozenset())
             old = before.get(e.name)
             resources[e.name] = old if old is not None and old.version == e.version and old.needs == needs else Resource.encoded(type_url, e, needs)
     # A type whose resources are all the previous ones keeps the previous mapping and its version.

@@ -4,8 +4,8 @@ The gRPC servicer feeds it requests and snapshots and sends what it returns. All
 live here (xds-protocol.md): per-type content versions, stale nonces ignored, ACK/NACK told apart
 by `error_detail`, a rejected version never resent, at most one unacknowledged response per type
 (which also bounds what a slow gateway can make us buffer), and make-before-break ordering —
-a route configuration is sent only once every cluster it names, and that cluster's endpoints,
-are acknowledged; a cluster leaves CDS only once no acknowledged route names it.
+a route configuration (or listener) is sent only once every cluster it names, and that cluster's
+endpoints, are acknowledged; a cluster leaves CDS only once nothing acknowledged names it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
 from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 WILDCARD = "*"
+# Types whose resources wait for the clusters they name: routes, and listeners calling ext-authz
+# or a tracing collector.
+DEPENDENTS = (LISTENER, ROUTE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,8 @@ class SotwStream:
             whole = desired is self.snapshot.of_type(type_url)
             version = self.snapshot.type_version(type_url) if whole else set_version(desired)
             complete = whole or self._covers(type_url, state, desired)
+            if state.acked is None and not desired and self._requested(type_url, state):
+                continue  # all of it waits for its clusters: say nothing rather than "nothing"
             if state.acked is None and state.claimed_version == version and type_url in FULL_STATE and state.wildcard:
                 # A reconnecting gateway already holds exactly this: nothing to resend (§2.1).
                 state.acked = _Response(version, "", desired)
@@ -223,15 +228,17 @@ class SotwStream:
     def _desired(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         desired = self._requested(type_url, state)
         if type_url == CLUSTER:
-            # Keep every cluster that a route the gateway holds (or is being sent) still names.
-            routes = self.types.get(ROUTE, TypeState())
-            in_use = [*routes.acked_resources.values(), *(routes.pending.resources.values() if routes.pending else ())]
+            # Keep every cluster that a route or listener the gateway holds (or is being sent) names.
+            in_use = []
+            for dependent in DEPENDENTS:
+                other = self.types.get(dependent, TypeState())
+                in_use += [*other.acked_resources.values(), *(other.pending.resources.values() if other.pending else ())]
             held = state.acked_resources
             named = {n for r in in_use for t, n in r.needs if t == CLUSTER}
             kept = {name: held[name] for name in named - desired.keys() if name in held}
             if kept:
                 desired = {**desired, **kept}
-        elif type_url == ROUTE:
+        elif type_url in DEPENDENTS:
             held = state.acked_resources
             waiting = [name for name, resource in desired.items() if not all(self._applied(t, n) for t, n in resource.needs)]
             if waiting:

@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,8 @@ class ListenerPorts:
 class ControlPlane:
     """`kxds serve` in a subprocess, fed by a source directory the test writes into."""
 
-    def __init__(self, workdir: Path, ports: ListenerPorts, extra_args: Sequence[str] = (), xds_port: int | None = None) -> None:
+    def __init__(self, workdir: Path, ports: ListenerPorts, extra_args: Sequence[str] = (), xds_port: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.source = workdir / "source"
         self.source.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "kxds.log"
@@ -145,7 +146,7 @@ class ControlPlane:
             *extra_args,
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         wait_until(lambda: self.process.poll() is not None or self._admin_ok(), timeout=60, what="kxds to serve")
         if self.process.poll() is not None:
             raise RuntimeError(f"kxds exited:\n{self.log_path.read_text()}")
@@ -169,6 +170,17 @@ class ControlPlane:
     def gateways(self) -> list[dict[str, Any]]:
         gateways: list[dict[str, Any]] = json.loads(self.get("/gateways")[1])["gateways"]
         return gateways
+
+    def snapshot_serial(self) -> int:
+        return int(json.loads(self.get("/gateways")[1])["snapshot_serial"])
+
+    def wait_synced(self, after: int, timeout: float = 20.0) -> None:
+        """Wait for a snapshot newer than `after` that every connected gateway has applied."""
+        def synced() -> bool:
+            state = json.loads(self.get("/gateways")[1])
+            return state["snapshot_serial"] > after and all(g["synced"] for g in state["gateways"])
+
+        wait_until(synced, timeout=timeout, what=f"gateways to apply a snapshot newer than {after}")
 
     def write(self, filename: str, docs: Iterable[dict[str, Any]]) -> None:
         """Write atomically (temp file + rename), as a careful operator or kubectl would."""

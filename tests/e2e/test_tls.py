@@ -19,7 +19,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.builders import endpoint_slice, ingress, path, rule, service, split
+from tests.builders import config_map, endpoint_slice, ingress, path, rule, service, split
 from tests.certificates import CertificateAuthority, tls_secret
 from tests.conftest import Stack
 from tests.e2e.harness import LOCAL, Reply, curl, wait_until
@@ -27,10 +27,6 @@ from tests.e2e.harness import LOCAL, Reply, curl, wait_until
 pytestmark = pytest.mark.e2e
 NS = "tls"
 SYSTEM = "knative-serving"
-
-
-def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": SYSTEM}, "data": data}
 
 
 class TlsStack:
