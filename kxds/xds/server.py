@@ -1,4 +1,4 @@
-"""The gRPC side: a thin ADS servicer that only moves messages, plus the health service."""
+"""The gRPC side: a thin ADS servicer that only moves messages, plus CSDS and the health service."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from kxds.xds.csds import client_status
 from kxds.xds.fleet import CLOSED, Fleet
 
 # Route configurations grow with the number of Ingresses; grpcio's 4 MiB default is far too small.
@@ -47,6 +49,25 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover - unreachable, makes this a generator
 
 
+class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
+    """CSDS: each connected gateway's configuration, for `grpcurl`, istioctl-style tools and tests."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def _status(self, request: csds_pb2.ClientStatusRequest) -> csds_pb2.ClientStatusResponse:
+        return client_status(list(self._fleet.gateways.values()), self._fleet.snapshot, request)
+
+    async def FetchClientStatus(self, request: csds_pb2.ClientStatusRequest, context: grpc.aio.ServicerContext) -> csds_pb2.ClientStatusResponse:
+        return self._status(request)
+
+    async def StreamClientStatus(
+        self, request_iterator: AsyncIterator[csds_pb2.ClientStatusRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[csds_pb2.ClientStatusResponse]:
+        async for request in request_iterator:
+            yield self._status(request)
+
+
 class XdsServer:
     """ADS and gRPC health on one port; health says SERVING only once the first snapshot is in."""
 
@@ -61,6 +82,7 @@ class XdsServer:
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(fleet), self._server)
+        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(ClientStatusService(fleet), self._server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port = self._server.add_insecure_port(address)

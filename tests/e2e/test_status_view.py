@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import grpc
 import pytest
+from envoy.config.route.v3 import route_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+
+from kxds.xds.type_urls import LISTENER, ROUTE
 
 from tests.conftest import Stack
 from tests.e2e.harness import Gateway, free_port, wait_until
@@ -37,3 +43,18 @@ def test_status_shows_ingresses_and_two_gateways_with_their_versions(stack: Stac
 def test_status_says_when_kxds_is_unreachable() -> None:
     result = kxds_status(f"127.0.0.1:{free_port()}")
     assert result.returncode == 1 and "cannot reach kxds's admin" in result.stderr
+
+
+def test_a_csds_client_reads_the_gateways_configuration(stack: Stack) -> None:
+    wait_until(lambda: any(g["synced"] for g in stack.plane.gateways()), what="a synced gateway")
+    with grpc.insecure_channel(f"127.0.0.1:{stack.plane.xds_port}") as channel:
+        status = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=10)
+    assert [c.node.id for c in status.config] == ["3scale-kourier-gateway"]
+    entries = {(e.type_url, e.name): e for e in status.config[0].generic_xds_configs}
+    reported = route_pb2.RouteConfiguration()
+    entries[(ROUTE, "internal_services")].xds_config.Unpack(reported)
+    # What Envoy itself says it holds for the same route configuration.
+    dump = json.loads(stack.gateway.admin("/config_dump?resource=dynamic_route_configs"))
+    held = next(c["route_config"] for c in dump["configs"] if c["route_config"]["name"] == "internal_services")
+    assert sorted(v.name for v in reported.virtual_hosts) == sorted(v["name"] for v in held["virtual_hosts"])
+    assert {e.type_url for e in entries.values()} >= {LISTENER, ROUTE}

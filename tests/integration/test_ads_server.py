@@ -10,7 +10,10 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from envoy.type.matcher.v3 import node_pb2, string_pb2
 from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -81,7 +84,39 @@ async def test_every_node_gets_the_same_configuration_and_nacks_are_counted(plan
         await first.write(request(LISTENER, nonce=listeners.nonce, error="refused for the test"))
         metrics = await eventually(plane, "/metrics", 'kxds_xds_nacks_total{type="LDS"} 1.0')
         assert "kxds_connected_gateways 2.0" in metrics
+        # A push to each of the two gateways, one ACK.
+        assert 'kxds_xds_responses_total{type="CDS"} 2.0' in metrics and 'kxds_xds_acks_total{type="CDS"} 1.0' in metrics
         _, gateways = await admin_get(plane, "/gateways")
         assert "refused for the test" in gateways and "gateway-a" in gateways
         first.cancel()
         second.cancel()
+
+
+async def test_csds_reports_what_each_gateway_acknowledged_and_rejected(plane: Running) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+        ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await ads.write(request(CLUSTER, node="gateway-a"))
+        clusters = await ads.read()
+        await ads.write(request(CLUSTER, nonce=clusters.nonce, version=clusters.version_info))
+        await ads.write(request(LISTENER))
+        listeners = await ads.read()
+        await ads.write(request(LISTENER, nonce=listeners.nonce, error="refused for the test"))
+        await eventually(plane, "/gateways", "refused for the test")
+
+        csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+        only_a = csds_pb2.ClientStatusRequest(node_matchers=[node_pb2.NodeMatcher(node_id=string_pb2.StringMatcher(exact="gateway-a"))])
+        status = await csds.FetchClientStatus(only_a)
+        assert [c.node.id for c in status.config] == ["gateway-a"]
+        entries = {(e.type_url, e.name): e for e in status.config[0].generic_xds_configs}
+        cluster = entries[(CLUSTER, "default/hello-00001")]
+        assert (cluster.config_status, cluster.client_status) == (csds_pb2.SYNCED, dump_pb2.ACKED)
+        assert cluster.version_info and cluster.xds_config.type_url == CLUSTER
+        listener = entries[(LISTENER, "listener_8080")]
+        assert (listener.config_status, listener.client_status) == (csds_pb2.ERROR, dump_pb2.NACKED)
+        assert listener.error_state.details == "refused for the test"
+        # The streaming form answers each request; a matcher for another node finds nothing.
+        stream = csds.StreamClientStatus()
+        await stream.write(csds_pb2.ClientStatusRequest(node_matchers=[node_pb2.NodeMatcher(node_id=string_pb2.StringMatcher(prefix="other"))]))
+        assert not (await stream.read()).config
+        stream.cancel()
+        ads.cancel()
