@@ -49,8 +49,10 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
     """
     metrics = Metrics()
     fleet = Fleet(Snapshot(serial=0, resources={}), metrics)
-    controller = Controller(fleet, settings.gateway, metrics, debounce_seconds=settings.debounce_seconds)
+    controller = Controller(fleet, settings.gateway, metrics, debounce_seconds=settings.debounce_seconds,
+                            corrupt_cluster=settings.test_corrupt_cluster)
     fleet.on_change.append(controller.observe_convergence)
+    fleet.on_nack.append(controller.on_nack)
     filters = Filters(ingress_class=settings.ingress_class, system_namespace=settings.system_namespace)
     async with contextlib.AsyncExitStack() as stack:
         # Prime: every object is read and translated before any gateway can connect, so a restarted

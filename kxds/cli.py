@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
     _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
     _gateway_flags(serve)
+    # Test-only fault injection (tests/e2e/test_nack.py), deliberately left out of --help.
+    serve.add_argument("--test-corrupt-cluster", default=os.environ.get("KXDS_TEST_CORRUPT_CLUSTER", ""), help=argparse.SUPPRESS)
     _log_flag(serve)
 
     boot = commands.add_parser("bootstrap", help="print an Envoy bootstrap (YAML) that connects to kxds")
@@ -171,6 +173,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ingress_class=args.ingress_class,
         system_namespace=args.system_namespace,
         gateway=gateway_settings(args),
+        test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
     )
 
 

@@ -10,10 +10,11 @@ import asyncio
 import gc
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
+from kxds import faults
 from kxds.metrics import Metrics
 from kxds.model.config import KourierConfig, NetworkConfig
 from kxds.model.ingress import Ingress, RejectedIngress
@@ -21,10 +22,12 @@ from kxds.model.objects import ObjectKey, Parsed
 from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service
 from kxds.model.world import World
+from kxds.quarantine import ENVOY_REJECTED, Quarantine
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, translate, update_endpoints
 from kxds.xds.type_urls import ENDPOINT
 from kxds.xds.fleet import Fleet
+from kxds.xds.stream import Nacked
 from kxds.xds.snapshot import Snapshot, build_snapshot
 
 log = structlog.get_logger("kxds.controller")
@@ -95,8 +98,11 @@ def build_world(objects: Iterable[Parsed]) -> World:
 
 
 class Controller:
-    def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.0) -> None:
+    def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.0,
+                 corrupt_cluster: str = "") -> None:
         self._fleet = fleet
+        self._corrupt_cluster = corrupt_cluster  # test-only fault: provokes a real NACK
+        self._quarantine = Quarantine()
         self._gateway = gateway
         self._metrics = metrics
         self._debounce = debounce_seconds
@@ -150,6 +156,7 @@ class Controller:
                 self._slices.get(old.service_key, {}).pop(key, None)
             if isinstance(new, EndpointSlice):
                 self._slices.setdefault(new.service_key, {})[key] = new
+        self._quarantine.release(key for key, _, _ in changed)
         if changed:
             if self._changed_at is None:
                 self._changed_at = time.monotonic()
@@ -163,12 +170,22 @@ class Controller:
         self._full_rebuild, self._endpoints_changed = False, set()
         started = time.perf_counter()
         world = build_world(self._objects.values())
+        held = {i.key: r for i in world.ingresses if (r := self._quarantine.held(i)) is not None}
+        if held:
+            world = replace(world, ingresses=tuple(i for i in world.ingresses if i.key not in held))
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
-        config, snapshot = await asyncio.to_thread(_translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot)
+        config, snapshot = await asyncio.to_thread(
+            _translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot, self._corrupt_cluster
+        )
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
-        self._track(world.ingresses, rejected, config, snapshot.serial)
+        outcomes = dict(config.outcomes)
+        for key, rejection in held.items():
+            message = f"a gateway rejected this Ingress's configuration: {rejection.message}"
+            outcomes[key] = Outcome(programmed=False, reason=ENVOY_REJECTED, message=message)
+        held_ingresses = [o for o in self._objects.values() if isinstance(o, Ingress) and o.key in held]
+        self._track((*world.ingresses, *held_ingresses), rejected, outcomes, snapshot.serial)
         self._publish(snapshot)
         for problem in config.problems:
             log.warning("config.invalid", problem=problem)
@@ -239,10 +256,20 @@ class Controller:
                 # Keep serving the last good snapshot; the next change triggers another attempt.
                 log.exception("snapshot.failed", serial=self._serial)
 
-    def _track(self, ingresses: Iterable[Ingress], rejected: Iterable[RejectedIngress], config: GatewayConfig, serial: int) -> None:
+    def on_nack(self, nack: Nacked) -> None:
+        """A gateway rejected an update: hold out the Ingresses its message names, then rebuild."""
+        ingresses = [o for o in self._objects.values() if isinstance(o, Ingress)]
+        implicated = self._quarantine.implicate(ingresses, nack.message, nack.resource_names)
+        for ingress in implicated:
+            log.error("ingress.rejected_by_gateway", ingress=ingress.key, error=nack.message)
+        if implicated:
+            self._full_rebuild = True
+            self._dirty.set()
+
+    def _track(self, ingresses: Iterable[Ingress], rejected: Iterable[RejectedIngress], outcomes: Mapping[str, Outcome], serial: int) -> None:
         served: dict[str, _Served] = {}
         for ingress in ingresses:
-            outcome = config.outcomes[ingress.key]
+            outcome = outcomes[ingress.key]
             before = self._served.get(ingress.key)
             if before is not None and before.hash == ingress.hash and before.outcome == outcome:
                 served[ingress.key] = before
@@ -295,6 +322,9 @@ class Controller:
         return True, "", ""
 
 
-def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot) -> tuple[GatewayConfig, Snapshot]:
+def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot,
+               corrupt_cluster: str) -> tuple[GatewayConfig, Snapshot]:
     config = translate(world, gateway, cache)
+    if corrupt_cluster:
+        config = faults.corrupt_cluster(config, corrupt_cluster)
     return config, build_snapshot(config, serial, previous)

@@ -67,3 +67,5 @@ class Settings:
     # Extra wait before a rebuild; 0: an isolated change is rebuilt at once, and changes arriving
     # during a rebuild are coalesced into the next one anyway.
     debounce_seconds: float = 0.0
+    # Test-only: serve this cluster corrupted so that Envoy rejects it (NACK handling tests).
+    test_corrupt_cluster: str = ""

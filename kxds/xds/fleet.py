@@ -51,6 +51,7 @@ class Fleet:
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self.on_change: list[Callable[[], None]] = []  # called whenever a gateway's state moves
+        self.on_nack: list[Callable[[xs.Nacked], None]] = []  # called with every rejection
 
     def publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -113,6 +114,8 @@ class Fleet:
                 self._metrics.nacks.labels(kind).inc()
                 gateway.last_nack = f"{kind} {version}: {message}"
                 log.warning("xds.nack", gateway=gateway.id, node=node, type=kind, version=version, error=message, resources=list(names[:50]))
+                for callback in self.on_nack:
+                    callback(event)
             case xs.StaleNonce(nonce=nonce):
                 self._metrics.stale.labels(kind).inc()
                 log.debug("xds.stale_nonce", gateway=gateway.id, node=node, type=kind, nonce=nonce)

@@ -27,7 +27,8 @@ def test_sigterm_exits_cleanly_and_the_gateway_keeps_serving(tmp_path: Path) -> 
         plane.process.send_signal(signal.SIGTERM)
         assert plane.process.wait(timeout=10) == 0
         events = [json.loads(line)["event"] for line in plane.log_path.read_text().splitlines() if line.startswith("{")]
-        assert events[-1] == "kxds.stopped" and "xds.disconnect" in events
+        # The stream's own clean-up may log its disconnect just after the final line.
+        assert "kxds.stopped" in events[-2:] and "xds.disconnect" in events
         # Envoy keeps the last configuration it accepted while no control plane is reachable.
         assert curl(ports.external, "kept.example.com").status == 200
     finally:
