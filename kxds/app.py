@@ -62,7 +62,7 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         else:
             tasks = _file_source(settings, filters, controller, metrics)
         await controller.rebuild()
-        xds = XdsServer(fleet, settings.xds_address)
+        xds = XdsServer(fleet, settings.xds_address, settings.xds_tls)
         await xds.start()
         stack.push_async_callback(xds.stop)
         await xds.set_serving()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -32,10 +33,38 @@ def _socket(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_ID, stats_port: int = 0, trim_stats: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XdsClientTls:
+    """File paths, as the gateway sees them: the CA that signed kxds's certificate, and the
+    gateway's own certificate and key when kxds requires one (mTLS)."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+
+def _tls_socket(tls: XdsClientTls, host: str) -> dict[str, Any]:
+    san = {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
+    context: dict[str, Any] = {
+        "alpn_protocols": ["h2"],
+        "validation_context": {"trusted_ca": {"filename": tls.ca}, "match_typed_subject_alt_names": [san]},
+    }
+    if tls.cert:
+        context["tls_certificates"] = [{"certificate_chain": {"filename": tls.cert}, "private_key": {"filename": tls.key}}]
+    upstream: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": context,
+    }
+    if not _is_ip(host):
+        upstream["sni"] = host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": upstream}
+
+
+def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_ID, stats_port: int = 0, trim_stats: bool = False,
+              tls: XdsClientTls | None = None) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
-    clusters = [
+    clusters: list[dict[str, Any]] = [
         {
             "name": "service_stats",
             "type": "STATIC",
@@ -57,6 +86,9 @@ def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_
             },
         },
     ]
+    if tls is not None:
+        # kxds's certificate must carry the address the gateway dials (DNS or IP SAN).
+        clusters[1]["transport_socket"] = _tls_socket(tls, xds_host)
     config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": DEFAULT_NODE_CLUSTER},
         "dynamic_resources": {

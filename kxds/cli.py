@@ -13,7 +13,7 @@ from typing import Any
 
 from kxds.model.config import ExtAuthzConfig, parse_ext_authz
 from kxds.model.errors import FieldError
-from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, KubernetesSettings, Ports, Settings
+from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, KubernetesSettings, Ports, Settings, XdsTls
 
 
 def _env_name(flag: str) -> str:
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--lease-renew-interval", type=float, default=2.0, help="seconds between Lease renewals and attempts")
     _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
     _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
+    _flag(serve, "--xds-tls-cert", default="", help="serve xDS over TLS with this certificate (PEM; re-read when it changes)")
+    _flag(serve, "--xds-tls-key", default="", help="private key of --xds-tls-cert (PEM)")
+    _flag(serve, "--xds-tls-ca", default="", help="require gateways to present a client certificate signed by this CA (mTLS)")
     _gateway_flags(serve)
     # Test-only fault injection (tests/e2e/test_nack.py), deliberately left out of --help.
     serve.add_argument("--test-corrupt-cluster", default=os.environ.get("KXDS_TEST_CORRUPT_CLUSTER", ""), help=argparse.SUPPRESS)
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(boot, "--stats-port", type=int, default=0, help="Kourier's stats listener port (9000 there); 0 leaves it out")
     _flag(boot, "--configmap", default="", help="NAMESPACE/NAME: print it wrapped in that ConfigMap (key envoy-bootstrap.yaml)")
     _flag(boot, "--trim-stats", action="store_true", help="drop per-cluster statistics (much less Envoy memory at thousands of services)")
+    _flag(boot, "--xds-tls-ca", default="", help="connect to kxds over TLS, trusting this CA file (a path on the gateway)")
+    _flag(boot, "--xds-tls-cert", default="", help="client certificate file the gateway presents to kxds (mTLS)")
+    _flag(boot, "--xds-tls-key", default="", help="private key file of --xds-tls-cert")
 
     render = commands.add_parser("render", help="print the resources that would be served, as JSON")
     _source_flag(render)
@@ -173,8 +179,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ingress_class=args.ingress_class,
         system_namespace=args.system_namespace,
         gateway=gateway_settings(args),
+        xds_tls=_xds_tls(args),
         test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
     )
+
+
+def _xds_tls(args: argparse.Namespace) -> XdsTls | None:
+    cert, key, ca = (getattr(args, f"xds_tls_{part}", "") for part in ("cert", "key", "ca"))
+    if not (cert or key or ca):
+        return None
+    if not (cert and key):
+        raise SystemExit("kxds serve: --xds-tls-cert and --xds-tls-key go together (--xds-tls-ca adds client verification)")
+    for flag, value in (("--xds-tls-cert", cert), ("--xds-tls-key", key), ("--xds-tls-ca", ca)):
+        if value and not Path(value).is_file():
+            raise SystemExit(f"kxds serve: {flag}: no such file {value}")
+    return XdsTls(cert=Path(cert), key=Path(key), ca=Path(ca) if ca else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,10 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(serve(settings_from(args)))
         case "bootstrap":
-            from kxds.bootstrap import render_bootstrap, render_bootstrap_configmap
+            from kxds.bootstrap import XdsClientTls, render_bootstrap, render_bootstrap_configmap
 
+            if bool(args.xds_tls_cert) != bool(args.xds_tls_key) or (args.xds_tls_cert and not args.xds_tls_ca):
+                raise SystemExit("kxds bootstrap: --xds-tls-cert and --xds-tls-key go together, with --xds-tls-ca")
+            tls = XdsClientTls(ca=args.xds_tls_ca, cert=args.xds_tls_cert, key=args.xds_tls_key) if args.xds_tls_ca else None
             options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port),
-                       "trim_stats": args.trim_stats not in (False, "", "0", "false")}
+                       "trim_stats": args.trim_stats not in (False, "", "0", "false"), "tls": tls}
             if args.configmap:
                 namespace, _, name = str(args.configmap).partition("/")
                 sys.stdout.write(render_bootstrap_configmap(namespace, name, args.xds_address, _as_int(args.admin_port), **options))

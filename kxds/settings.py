@@ -56,10 +56,20 @@ class KubernetesSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class XdsTls:
+    """Certificate files of the xDS server; with a CA, gateways must present a certificate it signed."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     source_dir: Path | None = None
     kubernetes: KubernetesSettings | None = None
     xds_address: str = "0.0.0.0:18000"
+    xds_tls: XdsTls | None = None  # None: plaintext, as Kourier
     admin_address: str = "127.0.0.1:9090"
     ingress_class: str = DEFAULT_INGRESS_CLASS
     system_namespace: str = "knative-serving"

@@ -5,6 +5,7 @@ key in PKCS#8."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -59,8 +60,9 @@ class CertificateAuthority:
         )
         self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, *dns_names: str) -> tuple[bytes, bytes, int]:
-        """(certificate PEM, PKCS#8 key PEM, serial number) for a server with these DNS SANs."""
+    def issue(self, *dns_names: str, client: bool = False) -> tuple[bytes, bytes, int]:
+        """(certificate PEM, PKCS#8 key PEM, serial number) for a server with these SANs (an IP
+        address becomes an IP SAN), or with `client` for a TLS client."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         serial = x509.random_serial_number()
@@ -72,12 +74,19 @@ class CertificateAuthority:
             .serial_number(serial)
             .not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([_san(n) for n in dns_names]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         return cert.public_bytes(serialization.Encoding.PEM), key_pem, serial
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def tls_secret(name: str, namespace: str, cert: bytes, key: bytes) -> dict[str, object]:

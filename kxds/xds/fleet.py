@@ -20,6 +20,9 @@ log = structlog.get_logger("kxds.xds")
 # Queue marker: the fleet's snapshot changed; the stream reads the newest one when it gets here.
 SNAPSHOT_CHANGED = object()
 CLOSED = object()
+# Requests read from a gateway but not yet handled. When full, kxds stops reading its stream and
+# gRPC flow control pushes back on the gateway: a flooding client cannot grow memory.
+MAX_PENDING_REQUESTS = 16
 
 
 @dataclass(slots=True)
@@ -27,7 +30,9 @@ class Gateway:
     id: int
     peer: str
     stream: xs.SotwStream
+    # Requests (bounded by `request_slots`), at most one SNAPSHOT_CHANGED marker, then CLOSED.
     inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    request_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_PENDING_REQUESTS))
     connected_at: float = field(default_factory=time.time)
     snapshot_queued: bool = False
     last_nack: str = ""
@@ -80,6 +85,7 @@ class Fleet:
             responses = gateway.stream.on_snapshot(self.snapshot)
         else:
             assert isinstance(item, discovery_pb2.DiscoveryRequest)
+            gateway.request_slots.release()
             responses = gateway.stream.on_request(item)
         for event in gateway.stream.take_events():
             self._record(gateway, event)

@@ -10,6 +10,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from kxds.settings import XdsTls
+from kxds.xds.credentials import server_credentials
 from kxds.xds.csds import client_status
 from kxds.xds.fleet import CLOSED, Fleet
 
@@ -29,6 +31,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    await gateway.request_slots.acquire()
                     gateway.inbox.put_nowait(request)
             finally:
                 gateway.inbox.put_nowait(CLOSED)
@@ -71,7 +74,7 @@ class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  
 class XdsServer:
     """ADS and gRPC health on one port; health says SERVING only once the first snapshot is in."""
 
-    def __init__(self, fleet: Fleet, address: str) -> None:
+    def __init__(self, fleet: Fleet, address: str, tls: XdsTls | None = None) -> None:
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -85,7 +88,7 @@ class XdsServer:
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(ClientStatusService(fleet), self._server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self.port = self._server.add_insecure_port(address)
+        self.port = self._server.add_secure_port(address, server_credentials(tls)) if tls else self._server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot listen for xDS on {address}")
 

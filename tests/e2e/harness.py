@@ -218,13 +218,13 @@ class ControlPlane:
 class Gateway:
     """A real Envoy bootstrapped by `kxds bootstrap` against the control plane."""
 
-    def __init__(self, workdir: Path, plane: ControlPlane, name: str = "gw") -> None:
+    def __init__(self, workdir: Path, plane: ControlPlane, name: str = "gw", bootstrap_options: Mapping[str, Any] | None = None) -> None:
         self.admin_port = free_port()
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "envoy.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port)
+        bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port, **(bootstrap_options or {}))
         self.process = start_envoy(bootstrap, self.workdir, log=self._log, log_level="info")
         wait_until(self.live, timeout=30, what=f"Envoy {name} to go LIVE")
 

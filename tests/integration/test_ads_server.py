@@ -6,6 +6,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -18,8 +19,11 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kxds.app import Running, running
-from kxds.settings import Settings
+from kxds.model.objects import Filters, ObjectKey, parse_object
+from kxds.settings import DEFAULT_INGRESS_CLASS, Settings
+from kxds.xds.fleet import MAX_PENDING_REQUESTS
 from kxds.xds.type_urls import CLUSTER, LISTENER
+from tests.builders import ingress, path, rule, service, split
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -30,6 +34,12 @@ async def plane(tmp_path: Path) -> AsyncIterator[Running]:
     settings = Settings(source_dir=tmp_path / "source", xds_address="127.0.0.1:0", admin_address="127.0.0.1:0")
     async with running(settings) as plane:
         yield plane
+
+
+def upsert(doc: dict[str, Any]) -> dict[ObjectKey, Any]:
+    parsed = parse_object(doc, Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving"))
+    assert parsed is not None
+    return {parsed[0]: parsed[1]}
 
 
 async def admin_get(plane: Running, path: str) -> tuple[int, str]:
@@ -120,3 +130,26 @@ async def test_csds_reports_what_each_gateway_acknowledged_and_rejected(plane: R
         assert not (await stream.read()).config
         stream.cancel()
         ads.cancel()
+
+
+async def test_a_gateway_that_never_acknowledges_cannot_make_kxds_buffer(plane: Running) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await stream.write(request(CLUSTER, node="stuck"))
+        await eventually(plane, "/metrics", 'kxds_xds_responses_total{type="CDS"} 1.0')
+        gateway = next(iter(plane.fleet.gateways.values()))
+        # Twenty new cluster sets while the first response is unacknowledged (and unread).
+        for n in range(20):
+            plane.controller.apply({**upsert(service(f"extra-{n}")), **upsert(ingress(f"extra-{n}", rule([f"x{n}.example.com"], path(split(f"extra-{n}")))))})
+            await plane.controller.wait_rebuilt()
+        await asyncio.sleep(0.2)
+        # One response outstanding per type is all a gateway is ever sent ahead of its ACK, and the
+        # snapshot changes it missed are one queued marker: nothing grows with the churn.
+        assert 'kxds_xds_responses_total{type="CDS"} 1.0' in (await admin_get(plane, "/metrics"))[1]
+        assert gateway.inbox.qsize() <= 1 and gateway.request_slots._value == MAX_PENDING_REQUESTS  # type: ignore[attr-defined]
+        # Once it acknowledges, it gets the newest configuration in one response.
+        first = await stream.read()
+        await stream.write(request(CLUSTER, nonce=first.nonce, version=first.version_info))
+        latest = await stream.read()
+        assert len(latest.resources) == len(first.resources) + 20
+        stream.cancel()

@@ -13,6 +13,7 @@ import yaml
 
 from kxds.cli import build_parser, settings_from
 from kxds.envoy_process import envoy_binary
+from tests.certificates import CertificateAuthority
 
 ROOT = Path(__file__).parents[2]
 
@@ -79,3 +80,23 @@ def test_bootstrap_node_id_flag() -> None:
     result = kxds("bootstrap", "--xds-address", "127.0.0.1:1", "--admin-port", "1", "--node-id", "gw-7")
     assert yaml.safe_load(result.stdout)["node"]["id"] == "gw-7"
     assert yaml.safe_load(result.stdout)["static_resources"]["listeners"] == []
+
+
+def test_bootstrap_with_mutual_tls_and_the_flags_that_must_go_together(tmp_path: Path) -> None:
+    pem = CertificateAuthority()
+    cert, key, _ = pem.issue("gateway", client=True)
+    for name, data in (("ca.pem", pem.pem), ("tls.crt", cert), ("tls.key", key)):
+        (tmp_path / name).write_bytes(data)
+    result = kxds("bootstrap", "--xds-address", "net-kourier-controller.knative-serving:18000", "--admin-port", "9901",
+                  "--xds-tls-ca", str(tmp_path / "ca.pem"), "--xds-tls-cert", str(tmp_path / "tls.crt"), "--xds-tls-key", str(tmp_path / "tls.key"))
+    config = yaml.safe_load(result.stdout)
+    socket = next(c for c in config["static_resources"]["clusters"] if c["name"] == "xds_cluster")["transport_socket"]
+    assert socket["typed_config"]["sni"] == "net-kourier-controller.knative-serving"
+    (tmp_path / "bootstrap.yaml").write_text(result.stdout)
+    validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    lone = kxds("bootstrap", "--xds-address", "127.0.0.1:1", "--admin-port", "1", "--xds-tls-cert", "tls.crt")
+    assert lone.returncode != 0 and "go together" in lone.stderr
+    serve = kxds("serve", "--source", str(tmp_path), "--xds-tls-cert", str(tmp_path / "missing.crt"), "--xds-tls-key", str(tmp_path / "tls.key"))
+    assert serve.returncode != 0 and "--xds-tls-cert: no such file" in serve.stderr
