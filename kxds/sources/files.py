@@ -24,7 +24,19 @@ log = structlog.get_logger("kxds.sources.files")
 SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader when PyYAML has it: the pure-Python one takes about 1 ms per document.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# A file that looks half-written (unparsable, or losing objects) is read again once it has not
+# changed for SETTLE_SECONDS; after MAX_SETTLE_SECONDS its content is taken as it is.
+SETTLE_SECONDS = 0.5
+MAX_SETTLE_SECONDS = 2.0
 Sink = Callable[[Mapping[ObjectKey, Parsed], Iterable[ObjectKey]], None]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def is_source_file(path: Path) -> bool:
@@ -80,19 +92,40 @@ class FileSource:
             for _, changed in sorted(changes, key=lambda c: c[1]):
                 path = Path(changed)
                 if path.is_file():
-                    self._read(path)
+                    if not self._read(path, final=False):
+                        await self._settle(path)
+                        self._read(path)
                 elif self._files.pop(path, None) is not None:
                     log.info("source.file_removed", file=str(path))
             self._emit()
 
-    def _read(self, path: Path) -> None:
+    @staticmethod
+    async def _settle(path: Path) -> None:
+        """Wait until the file stops changing (a writer still at work), for at most MAX_SETTLE."""
+        deadline = asyncio.get_running_loop().time() + MAX_SETTLE_SECONDS
+        before = _stamp(path)
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(SETTLE_SECONDS)
+            now = _stamp(path)
+            if now == before:
+                return
+            before = now
+
+    def _read(self, path: Path, final: bool = True) -> bool:
+        """Read a file's objects. A read that fails to parse, or that would drop objects the file
+        had, may be a half-written file: unless `final`, it is not applied and False is returned,
+        so the caller can read again once the file has settled."""
         try:
             documents = _unwrap(read_documents(path))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if not final:
+                return False
             log.error("source.file_invalid", file=str(path), error=str(exc), kept=len(self._files.get(path, {})))
             self._on_reject("file")
-            return
+            return True
         previous = self._files.get(path, {})
+        if not final and previous and not previous.keys() <= {object_key(d) for d in documents if isinstance(d, dict)}:
+            return False
         objects: dict[ObjectKey, Parsed] = {}
         for index, doc in enumerate(documents):
             try:
@@ -108,6 +141,7 @@ class FileSource:
             if parsed is not None:
                 objects[parsed[0]] = parsed[1]
         self._files[path] = objects
+        return True
 
     def _emit(self) -> None:
         merged: dict[ObjectKey, Parsed] = {}

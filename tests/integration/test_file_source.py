@@ -120,3 +120,51 @@ async def test_other_classes_and_unknown_kinds_are_skipped(tmp_path: Path) -> No
     FileSource(tmp_path, FILTERS, mirror).load()
     assert list(mirror.objects) == [ObjectKey("Ingress", "ns", "ours")]
     assert isinstance(mirror.objects[ObjectKey("Ingress", "ns", "ours")], Ingress)
+
+
+class Recorder(Mirror):
+    """A mirror that also remembers every deletion it was told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[ObjectKey] = []
+
+    def __call__(self, upserts: Mapping[ObjectKey, Parsed], deletes: Iterable[ObjectKey]) -> None:
+        deletes = list(deletes)
+        self.deleted += deletes
+        super().__call__(upserts, deletes)
+
+
+@pytest.fixture
+async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Path, Recorder]]:
+    write(tmp_path / "a.yaml", service("svc-a"), ingress("ing-a", rule(["a.example.com"], path(split("svc-a")))))
+    recorder = Recorder()
+    source = FileSource(tmp_path, FILTERS, recorder)
+    source.load()
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(0.3)
+    yield tmp_path, recorder
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("partial", ["empty", "first document only", "cut mid-document"])
+async def test_a_half_written_file_never_loses_its_objects(recorded: tuple[Path, Recorder], partial: str) -> None:
+    directory, recorder = recorded
+    full = yaml.safe_dump_all([service("svc-a", port=81), ingress("ing-a", rule(["a.example.com"], path(split("svc-a"))))])
+    cut = {"empty": 0, "first document only": full.index("---"), "cut mid-document": full.index("---") + 40}[partial]
+    with open(directory / "a.yaml", "w") as slow_writer:  # a writer that takes its time
+        slow_writer.write(full[:cut])
+        slow_writer.flush()
+        await asyncio.sleep(0.15)
+        slow_writer.write(full[cut:])
+    await recorder.until(lambda: any(isinstance(o, Service) and o.name == "svc-a" and o.ports[0].port == 81 for o in recorder.objects.values()))
+    assert recorder.deleted == [] and recorder.names("Ingress") == {"ing-a"}
+
+
+async def test_a_file_emptied_for_good_does_delete_its_objects(recorded: tuple[Path, Recorder]) -> None:
+    directory, recorder = recorded
+    (directory / "a.yaml").write_text("")
+    await recorder.until(lambda: not recorder.names("Ingress"), timeout=5)
+    assert set(recorder.deleted) == {ObjectKey("Service", "ns", "svc-a"), ObjectKey("Ingress", "ns", "ing-a")}
