@@ -124,10 +124,10 @@ class ControlPlane:
     """`kxds serve` in a subprocess, fed by a source directory the test writes into."""
 
     def __init__(self, workdir: Path, ports: ListenerPorts, extra_args: Sequence[str] = (), xds_port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, log_name: str = "kxds.log") -> None:
         self.source = workdir / "source"
         self.source.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "kxds.log"
+        self.log_path = workdir / log_name
         self.xds_port, self.admin_port = xds_port or free_port(), free_port()
         self.ports = ports
         args = [
