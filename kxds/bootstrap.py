@@ -61,7 +61,7 @@ def _tls_socket(tls: XdsClientTls, host: str) -> dict[str, Any]:
 
 
 def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_ID, stats_port: int = 0, trim_stats: bool = False,
-              tls: XdsClientTls | None = None) -> dict[str, Any]:
+              tls: XdsClientTls | None = None, delta: bool = False) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     clusters: list[dict[str, Any]] = [
@@ -93,7 +93,7 @@ def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_
         "node": {"id": node_id, "cluster": DEFAULT_NODE_CLUSTER},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "rate_limit_settings": {},
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(boot, "--stats-port", type=int, default=0, help="Kourier's stats listener port (9000 there); 0 leaves it out")
     _flag(boot, "--configmap", default="", help="NAMESPACE/NAME: print it wrapped in that ConfigMap (key envoy-bootstrap.yaml)")
     _flag(boot, "--trim-stats", action="store_true", help="drop per-cluster statistics (much less Envoy memory at thousands of services)")
+    _flag(boot, "--delta", action="store_true", help="incremental xDS (api_type DELTA_GRPC) instead of state of the world")
     _flag(boot, "--xds-tls-ca", default="", help="connect to kxds over TLS, trusting this CA file (a path on the gateway)")
     _flag(boot, "--xds-tls-cert", default="", help="client certificate file the gateway presents to kxds (mTLS)")
     _flag(boot, "--xds-tls-key", default="", help="private key file of --xds-tls-cert")
@@ -213,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit("kxds bootstrap: --xds-tls-cert and --xds-tls-key go together, with --xds-tls-ca")
             tls = XdsClientTls(ca=args.xds_tls_ca, cert=args.xds_tls_cert, key=args.xds_tls_key) if args.xds_tls_ca else None
             options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port),
-                       "trim_stats": args.trim_stats not in (False, "", "0", "false"), "tls": tls}
+                       "trim_stats": args.trim_stats not in (False, "", "0", "false"), "tls": tls,
+                       "delta": args.delta not in (False, "", "0", "false")}
             if args.configmap:
                 namespace, _, name = str(args.configmap).partition("/")
                 sys.stdout.write(render_bootstrap_configmap(namespace, name, args.xds_address, _as_int(args.admin_port), **options))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ class Stack:
         self.ports = ListenerPorts()
         self.backends = Backends()
         self.plane = ControlPlane(workdir, self.ports, env=env)
-        self.gateway = Gateway(workdir, self.plane)
+        # KXDS_TEST_DELTA=1 runs the gateway on incremental xDS (scripts/test runs conformance both ways).
+        self.gateway = Gateway(workdir, self.plane, bootstrap_options={"delta": os.environ.get("KXDS_TEST_DELTA") == "1"})
 
     def close(self) -> None:
         self.gateway.stop()

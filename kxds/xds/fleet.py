@@ -7,12 +7,14 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
 from kxds.metrics import Metrics
 from kxds.xds import stream as xs
+from kxds.xds.delta import DeltaStream
 from kxds.xds.snapshot import SHORT_NAMES, Snapshot
 
 log = structlog.get_logger("kxds.xds")
@@ -65,8 +67,9 @@ class Fleet:
                 gateway.snapshot_queued = True
                 gateway.inbox.put_nowait(SNAPSHOT_CHANGED)
 
-    def connect(self, peer: str) -> Gateway:
-        gateway = Gateway(id=next(self._ids), peer=peer, stream=xs.SotwStream(self.snapshot))
+    def connect(self, peer: str, *, delta: bool = False) -> Gateway:
+        stream = DeltaStream(self.snapshot) if delta else xs.SotwStream(self.snapshot)
+        gateway = Gateway(id=next(self._ids), peer=peer, stream=stream)
         self.gateways[gateway.id] = gateway
         self._metrics.gateways.set(len(self.gateways))
         log.info("xds.connect", gateway=gateway.id, peer=peer)
@@ -78,15 +81,22 @@ class Fleet:
         log.info("xds.disconnect", gateway=gateway.id, node=gateway.node_id, peer=gateway.peer)
         self._notify()
 
-    def handle(self, gateway: Gateway, item: object) -> list[discovery_pb2.DiscoveryResponse]:
-        """Feed one inbox item to the gateway's state machine; log and count what happened."""
+    def handle(self, gateway: Gateway, item: object) -> list[Any]:
+        """Feed one inbox item to the gateway's state machine; log and count what happened.
+        Returns DiscoveryResponses (SotW) or DeltaDiscoveryResponses (delta)."""
+        stream = gateway.stream
+        responses: list[Any]
         if item is SNAPSHOT_CHANGED:
             gateway.snapshot_queued = False
-            responses = gateway.stream.on_snapshot(self.snapshot)
+            responses = stream.on_delta_snapshot(self.snapshot) if isinstance(stream, DeltaStream) else stream.on_snapshot(self.snapshot)
         else:
-            assert isinstance(item, discovery_pb2.DiscoveryRequest)
             gateway.request_slots.release()
-            responses = gateway.stream.on_request(item)
+            if isinstance(item, discovery_pb2.DeltaDiscoveryRequest):
+                assert isinstance(stream, DeltaStream)
+                responses = stream.on_delta_request(item)
+            else:
+                assert isinstance(item, discovery_pb2.DiscoveryRequest)
+                responses = stream.on_request(item)
         for event in gateway.stream.take_events():
             self._record(gateway, event)
         self._notify()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -26,7 +27,17 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        gateway = self._fleet.connect(context.peer())
+        async for response in self._serve(request_iterator, context, delta=False):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        async for response in self._serve(request_iterator, context, delta=True):
+            yield response
+
+    async def _serve(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext, *, delta: bool) -> AsyncIterator[Any]:
+        gateway = self._fleet.connect(context.peer(), delta=delta)
 
         async def read() -> None:
             try:
@@ -44,12 +55,6 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         finally:
             reader.cancel()
             self._fleet.disconnect(gateway)
-
-    async def DeltaAggregatedResources(
-        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served yet; use api_type GRPC")
-        yield discovery_pb2.DeltaDiscoveryResponse()  # pragma: no cover - unreachable, makes this a generator
 
 
 class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
