@@ -124,7 +124,9 @@ def write(path: Path, docs: list[dict[str, Any]]) -> None:
     os.replace(temp, path)
 
 
-def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats: bool = False) -> dict[str, Any]:
+def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats: bool = False, mode: str = "sotw") -> dict[str, Any]:
+    workdir = workdir / mode
+    workdir.mkdir(exist_ok=True)
     source = workdir / f"source-{n}"
     source.mkdir()
     # Ingress 0 and its first revision's EndpointSlice change during the run: their own files.
@@ -147,7 +149,7 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats
     try:
         cold = wait(lambda: _connectable(ports["admin"]), 600, 0.05)
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
-        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats), workdir / f"envoy-{n}", log=envoy_log)
+        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode == "delta"), workdir / f"envoy-{n}", log=envoy_log)
 
         def all_ready() -> bool:
             try:
@@ -181,6 +183,7 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats
         memory = admin_json(ports["envoy_admin"], "/memory")
         built = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{") and '"snapshot.built"' in line]
         return {
+            "mode": mode,
             "ingresses": n,
             "envoy_trimmed_stats": trim_stats,
             "objects": n * 5,
@@ -208,16 +211,16 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [
-        f"Command: `{command}` on {platform.machine()}, {os.cpu_count()} cores; state-of-the-world ADS"
+        f"Command: `{command}` on {platform.machine()}, {os.cpu_count()} cores"
         f"{'; Envoy with --trim-stats' if results and results[0].get('envoy_trimmed_stats') else ''}.",
         "",
-        "| Ingresses | cold start → serving | first translate | Envoy has all | change p50 / p95 / max | endpoint flip p50 / p95 / max | CPU per change | kxds RSS | Envoy heap |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Ingresses | xDS | cold start → serving | first translate | Envoy has all | change p50 / p95 / max | endpoint flip p50 / p95 / max | CPU per change | kxds RSS | Envoy heap |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c, f = r["ingress_change"], r["endpoint_flip"]
         lines.append(
-            f"| {r['ingresses']:,} | {r['cold_start_s']} s | {r['first_translate_s']} s | {r['envoy_routes_all_s']} s after Envoy start "
+            f"| {r['ingresses']:,} | {r.get('mode', 'sotw')} | {r['cold_start_s']} s | {r['first_translate_s']} s | {r['envoy_routes_all_s']} s after Envoy start "
             f"| {c['p50_ms']} / {c['p95_ms']} / {c['max_ms']} ms | {f['p50_ms']} / {f['p95_ms']} / {f['max_ms']} ms "
             f"| {r['cpu_per_change_ms']} ms | {r['kxds_rss_mib']} MiB | {r['envoy_heap_mib']} MiB |"
         )
@@ -231,6 +234,7 @@ def main() -> int:
     parser.add_argument("--backends", type=int, default=3)
     parser.add_argument("--trim-stats", action="store_true", help="bootstrap Envoy with kxds bootstrap --trim-stats")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and Markdown go")
+    parser.add_argument("--modes", default="sotw,delta", help="xDS variants to measure, side by side: sotw, delta")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     backends = Backends(args.backends)
@@ -238,9 +242,10 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="kxds-bench-") as workdir:
             for n in (int(s) for s in args.sizes.split(",")):
-                result = run_size(n, args.changes, Path(workdir), backends, args.trim_stats)
-                print(json.dumps(result), flush=True)
-                results.append(result)
+                for mode in args.modes.split(","):
+                    result = run_size(n, args.changes, Path(workdir), backends, args.trim_stats, mode)
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
     finally:
         backends.close()
     args.results.mkdir(parents=True, exist_ok=True)
