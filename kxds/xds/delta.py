@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from kxds.xds.snapshot import ORDER, Resource, Snapshot, set_version
+from kxds.xds.snapshot import Resource, Snapshot
 from kxds.xds.stream import WILDCARD, Sent, SotwStream, StaleNonce, TypeState, _differing, _Response
 
 
@@ -67,11 +67,7 @@ class DeltaStream(SotwStream):
 
     def _delta_pump(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out = []
-        for type_url in (*ORDER, *sorted(self.types.keys() - set(ORDER))):
-            state = self.types.get(type_url)
-            if state is None or not state.requested or state.pending is not None:
-                continue
-            desired = self._desired(type_url, state)
+        for type_url, state, desired in self._sendable():
             held = state.acked_resources
             # A forced answer to a known subscription re-sends everything (a modified EDS cluster
             # warms only on a fresh assignment); otherwise only what is new or changed.
@@ -86,7 +82,7 @@ class DeltaStream(SotwStream):
                 if complete:
                     state.applied_serial = self.snapshot.serial
                 continue
-            version = self.snapshot.type_version(type_url) if desired is self.snapshot.of_type(type_url) else set_version(desired)
+            version = self._version(type_url, desired)
             if version == state.rejected_version:
                 continue
             out.append(self._delta_respond(type_url, state, version, desired, changed, [*removed, *missing], self.snapshot.serial if complete else -1))

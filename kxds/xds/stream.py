@@ -10,7 +10,7 @@ endpoints, are acknowledged; a cluster leaves CDS only once nothing acknowledged
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
@@ -168,17 +168,22 @@ class SotwStream:
 
     # -- responses -------------------------------------------------------------------------
 
-    def _pump(self) -> list[discovery_pb2.DiscoveryResponse]:
-        out = []
+    def _sendable(self) -> Iterator[tuple[str, TypeState, Mapping[str, Resource]]]:
+        """Each requested type with no response outstanding, in ADS order, with what it should hold."""
         for type_url in (*ORDER, *sorted(self.types.keys() - set(ORDER))):
             state = self.types.get(type_url)
-            if state is None or not state.requested or state.pending is not None:
-                continue
-            desired = self._desired(type_url, state)
-            # The whole type, as most subscriptions are: its version is the snapshot's, computed once.
-            whole = desired is self.snapshot.of_type(type_url)
-            version = self.snapshot.type_version(type_url) if whole else set_version(desired)
-            complete = whole or self._covers(type_url, state, desired)
+            if state is not None and state.requested and state.pending is None:
+                yield type_url, state, self._desired(type_url, state)
+
+    def _version(self, type_url: str, desired: Mapping[str, Resource]) -> str:
+        # The whole type, as most subscriptions are: its version is the snapshot's, computed once.
+        return self.snapshot.type_version(type_url) if desired is self.snapshot.of_type(type_url) else set_version(desired)
+
+    def _pump(self) -> list[discovery_pb2.DiscoveryResponse]:
+        out = []
+        for type_url, state, desired in self._sendable():
+            version = self._version(type_url, desired)
+            complete = desired is self.snapshot.of_type(type_url) or self._covers(type_url, state, desired)
             if state.acked is None and not desired and self._requested(type_url, state):
                 continue  # all of it waits for its clusters: say nothing rather than "nothing"
             if state.acked is None and state.claimed_version == version and type_url in FULL_STATE and state.wildcard:
