@@ -142,7 +142,8 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats
         kxds = subprocess.Popen(
             [sys.executable, "-m", "kxds", "serve", "--source", str(source), "--xds-address", f"{LOCAL}:{ports['xds']}",
              "--admin-address", f"{LOCAL}:{ports['admin']}", "--listen-address", LOCAL, "--external-http-port", str(ports["external"]),
-             "--internal-http-port", str(ports["internal"]), "--probe-http-port", str(ports["probe"]), "--log-level", "info"],
+             "--internal-http-port", str(ports["internal"]), "--probe-http-port", str(ports["probe"]), "--log-level", "info",
+             *(["--kourier-algorithm"] if mode == "kourier" else [])],
             stdout=log, stderr=subprocess.STDOUT,
         )
     envoy = None
@@ -224,6 +225,16 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
             f"| {c['p50_ms']} / {c['p95_ms']} / {c['max_ms']} ms | {f['p50_ms']} / {f['p95_ms']} / {f['max_ms']} ms "
             f"| {r['cpu_per_change_ms']} ms | {r['kxds_rss_mib']} MiB | {r['envoy_heap_mib']} MiB |"
         )
+    by_size: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        by_size.setdefault(r["ingresses"], {})[r.get("mode", "sotw")] = r
+    ratios = [
+        f"{n:,}: change {m['delta']['ingress_change']['p95_ms'] / m['kourier']['ingress_change']['p95_ms']:.2f}, "
+        f"endpoint flip {m['delta']['endpoint_flip']['p95_ms'] / m['kourier']['endpoint_flip']['p95_ms']:.2f}"
+        for n, m in by_size.items() if "delta" in m and "kourier" in m
+    ]
+    if ratios:
+        lines += ["", "Delta p95 ÷ Kourier-algorithm p95 (same run): " + "; ".join(ratios) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +245,8 @@ def main() -> int:
     parser.add_argument("--backends", type=int, default=3)
     parser.add_argument("--trim-stats", action="store_true", help="bootstrap Envoy with kxds bootstrap --trim-stats")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and Markdown go")
-    parser.add_argument("--modes", default="sotw,delta", help="xDS variants to measure, side by side: sotw, delta")
+    parser.add_argument("--modes", default="sotw,delta,kourier",
+                        help="variants measured side by side: sotw, delta, kourier (the baseline: Kourier's full rebuild and push, inline endpoints)")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     backends = Backends(args.backends)

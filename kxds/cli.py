@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_flags(serve)
     # Test-only fault injection (tests/e2e/test_nack.py), deliberately left out of --help.
     serve.add_argument("--test-corrupt-cluster", default=os.environ.get("KXDS_TEST_CORRUPT_CLUSTER", ""), help=argparse.SUPPRESS)
+    serve.add_argument("--kourier-algorithm", action="store_true", help=argparse.SUPPRESS)  # bench/ baseline only
     _log_flag(serve)
 
     boot = commands.add_parser("bootstrap", help="print an Envoy bootstrap (YAML) that connects to kxds")
@@ -182,6 +183,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         gateway=gateway_settings(args),
         xds_tls=_xds_tls(args),
         test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
+        kourier_algorithm=bool(getattr(args, "kourier_algorithm", False)),
     )
 
 

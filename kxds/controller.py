@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from kxds import faults
+from kxds import baseline, faults
 from kxds.metrics import Metrics
 from kxds.model.config import KourierConfig, NetworkConfig
 from kxds.model.ingress import Ingress, RejectedIngress
@@ -99,8 +99,9 @@ def build_world(objects: Iterable[Parsed]) -> World:
 
 class Controller:
     def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.0,
-                 corrupt_cluster: str = "") -> None:
+                 corrupt_cluster: str = "", kourier_algorithm: bool = False) -> None:
         self._fleet = fleet
+        self._kourier_algorithm = kourier_algorithm  # the benchmark's baseline: no caches, no EDS, everything re-sent
         self._corrupt_cluster = corrupt_cluster  # test-only fault: provokes a real NACK
         self._quarantine = Quarantine()
         self._gateway = gateway
@@ -165,8 +166,10 @@ class Controller:
     async def rebuild(self) -> Snapshot:
         """Translate the current objects and publish the result to every gateway."""
         self._dirty.clear()
-        if self.primed and not self._full_rebuild:
+        if self.primed and not self._full_rebuild and not self._kourier_algorithm:
             return self._rebuild_endpoints()
+        if self._kourier_algorithm:
+            self._cache = TranslationCache()
         self._full_rebuild, self._endpoints_changed = False, set()
         started = time.perf_counter()
         world = build_world(self._objects.values())
@@ -176,7 +179,7 @@ class Controller:
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
         config, snapshot = await asyncio.to_thread(
-            _translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot, self._corrupt_cluster
+            _translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot, self._corrupt_cluster, self._kourier_algorithm
         )
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
@@ -323,8 +326,11 @@ class Controller:
 
 
 def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot,
-               corrupt_cluster: str) -> tuple[GatewayConfig, Snapshot]:
+               corrupt_cluster: str, kourier_algorithm: bool = False) -> tuple[GatewayConfig, Snapshot]:
     config = translate(world, gateway, cache)
     if corrupt_cluster:
         config = faults.corrupt_cluster(config, corrupt_cluster)
+    if kourier_algorithm:
+        config = baseline.inline_endpoints(config)
+        return config, baseline.fresh_versions(build_snapshot(config, serial))
     return config, build_snapshot(config, serial, previous)

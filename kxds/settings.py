@@ -79,3 +79,5 @@ class Settings:
     debounce_seconds: float = 0.0
     # Test-only: serve this cluster corrupted so that Envoy rejects it (NACK handling tests).
     test_corrupt_cluster: str = ""
+    # Benchmark baseline: translate and push the way Kourier does (kxds/baseline.py).
+    kourier_algorithm: bool = False

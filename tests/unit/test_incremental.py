@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
+
+from kxds import baseline
 from kxds.controller import build_world
 from kxds.model.objects import parse_object
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import GatewayConfig, TranslationCache, translate
+from kxds.xds.snapshot import build_snapshot
 from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
 from tests.builders import backend, endpoint_slice, ingress, path, rule, split
 from tests.unit.test_translate import FILTERS
@@ -72,3 +76,14 @@ def test_the_cache_forgets_what_is_gone() -> None:
     translate(world(docs()), GatewaySettings(), cache)
     translate(world([d for d in docs() if d["metadata"]["name"] not in ("i2", "s2")]), GatewaySettings(), cache)
     assert "ns/i2" not in cache.ingresses and len(cache.ingresses) == 9 and len(cache.clusters) == 9
+
+
+def test_the_kourier_baseline_inlines_endpoints_and_re_versions_everything() -> None:
+    config = baseline.inline_endpoints(translate(world(docs()), GatewaySettings()))
+    assert config.encoded[ENDPOINT] == ()
+    clusters = [cluster_pb2.Cluster.FromString(e.data) for e in config.encoded[CLUSTER]]
+    assert clusters and all(c.type == cluster_pb2.Cluster.STATIC and c.load_assignment.endpoints[0].lb_endpoints for c in clusters)
+    assert all(not any(t == ENDPOINT for t, _ in needs) for needs in config.cluster_needs.values())
+    first, second = baseline.fresh_versions(build_snapshot(config, 1)), baseline.fresh_versions(build_snapshot(config, 2))
+    for type_url, resources in first.resources.items():
+        assert all(resources[n].version != second.of_type(type_url)[n].version for n in resources)
