@@ -47,14 +47,27 @@ class Mirror:
         await asyncio.wait_for(poll(), timeout)
 
 
+class Recorder(Mirror):
+    """A mirror that also remembers every deletion it was told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[ObjectKey] = []
+
+    def __call__(self, upserts: Mapping[ObjectKey, Parsed], deletes: Iterable[ObjectKey]) -> None:
+        deletes = list(deletes)
+        self.deleted += deletes
+        super().__call__(upserts, deletes)
+
+
 def write(path: Path, *docs: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump_all(list(docs)))
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[tuple[Path, Mirror]]:
+async def live(tmp_path: Path) -> AsyncIterator[tuple[Path, Recorder]]:
     write(tmp_path / "a.yaml", service("svc-a"), ingress("ing-a", rule(["a.example.com"], path(split("svc-a")))))
-    mirror = Mirror()
+    mirror = Recorder()
     source = FileSource(tmp_path, FILTERS, mirror)
     source.load()
     stop = asyncio.Event()
@@ -122,36 +135,9 @@ async def test_other_classes_and_unknown_kinds_are_skipped(tmp_path: Path) -> No
     assert isinstance(mirror.objects[ObjectKey("Ingress", "ns", "ours")], Ingress)
 
 
-class Recorder(Mirror):
-    """A mirror that also remembers every deletion it was told about."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.deleted: list[ObjectKey] = []
-
-    def __call__(self, upserts: Mapping[ObjectKey, Parsed], deletes: Iterable[ObjectKey]) -> None:
-        deletes = list(deletes)
-        self.deleted += deletes
-        super().__call__(upserts, deletes)
-
-
-@pytest.fixture
-async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Path, Recorder]]:
-    write(tmp_path / "a.yaml", service("svc-a"), ingress("ing-a", rule(["a.example.com"], path(split("svc-a")))))
-    recorder = Recorder()
-    source = FileSource(tmp_path, FILTERS, recorder)
-    source.load()
-    stop = asyncio.Event()
-    task = asyncio.create_task(source.run(stop))
-    await asyncio.sleep(0.3)
-    yield tmp_path, recorder
-    stop.set()
-    await asyncio.wait_for(task, 5)
-
-
 @pytest.mark.parametrize("partial", ["empty", "first document only", "cut mid-document"])
-async def test_a_half_written_file_never_loses_its_objects(recorded: tuple[Path, Recorder], partial: str) -> None:
-    directory, recorder = recorded
+async def test_a_half_written_file_never_loses_its_objects(live: tuple[Path, Recorder], partial: str) -> None:
+    directory, recorder = live
     full = yaml.safe_dump_all([service("svc-a", port=81), ingress("ing-a", rule(["a.example.com"], path(split("svc-a"))))])
     cut = {"empty": 0, "first document only": full.index("---"), "cut mid-document": full.index("---") + 40}[partial]
     with open(directory / "a.yaml", "w") as slow_writer:  # a writer that takes its time
@@ -163,8 +149,8 @@ async def test_a_half_written_file_never_loses_its_objects(recorded: tuple[Path,
     assert recorder.deleted == [] and recorder.names("Ingress") == {"ing-a"}
 
 
-async def test_a_file_emptied_for_good_does_delete_its_objects(recorded: tuple[Path, Recorder]) -> None:
-    directory, recorder = recorded
+async def test_a_file_emptied_for_good_does_delete_its_objects(live: tuple[Path, Recorder]) -> None:
+    directory, recorder = live
     (directory / "a.yaml").write_text("")
     await recorder.until(lambda: not recorder.names("Ingress"), timeout=5)
     assert set(recorder.deleted) == {ObjectKey("Service", "ns", "svc-a"), ObjectKey("Ingress", "ns", "ing-a")}
