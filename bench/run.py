@@ -12,18 +12,15 @@ CPU time per change, kxds RSS and Envoy's heap. Results go to bench/results/ as 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,41 +29,12 @@ import yaml
 
 from bench.generate import endpoint_slice, host, ingress, revision_objects
 from kxds.bootstrap import render_bootstrap
-from kxds.echo import echo_app, serve_asgi
 from kxds.envoy_process import start_envoy
+# The e2e tests' real loopback parts: echo backends in a thread, free ports.
+from tests.e2e.harness import LOCAL, Backends, connectable, free_port
 
-LOCAL = "127.0.0.1"
 RESULTS = Path(__file__).parent / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return int(s.getsockname()[1])
-
-
-class Backends:
-    def __init__(self, count: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.ports = [free_port() for _ in range(count)]
-        self.stop = asyncio.Event()
-        for n, port in enumerate(self.ports):
-            asyncio.run_coroutine_threadsafe(serve_asgi(echo_app(f"backend-{n}", port), LOCAL, port, self.stop), self.loop)
-        for port in self.ports:
-            wait(lambda p=port: _connectable(p), 10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-
-
-def _connectable(port: int) -> bool:
-    try:
-        socket.create_connection((LOCAL, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def wait(check: Any, timeout: float, interval: float = 0.01) -> float:
@@ -124,17 +92,17 @@ def write(path: Path, docs: list[dict[str, Any]]) -> None:
     os.replace(temp, path)
 
 
-def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats: bool = False, mode: str = "sotw") -> dict[str, Any]:
+def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim_stats: bool = False, mode: str = "sotw") -> dict[str, Any]:
     workdir = workdir / mode
     workdir.mkdir(exist_ok=True)
     source = workdir / f"source-{n}"
     source.mkdir()
     # Ingress 0 and its first revision's EndpointSlice change during the run: their own files.
-    static = [d for i in range(1, n) for d in (ingress(i), *revision_objects(i, backends.ports))]
-    static += [d for d in revision_objects(0, backends.ports) if not (d["kind"] == "EndpointSlice" and d["metadata"]["name"].startswith("svc0-00001"))]
+    static = [d for i in range(1, n) for d in (ingress(i), *revision_objects(i, backend_ports))]
+    static += [d for d in revision_objects(0, backend_ports) if not (d["kind"] == "EndpointSlice" and d["metadata"]["name"].startswith("svc0-00001"))]
     write(source / "objects.yaml", static)
     write(source / "change.yaml", [ingress(0)])
-    write(source / "flip.yaml", [endpoint_slice("svc0-00001", backends.ports[0])])
+    write(source / "flip.yaml", [endpoint_slice("svc0-00001", backend_ports[0])])
     ports = {name: free_port() for name in ("xds", "admin", "external", "internal", "probe", "envoy_admin")}
     log_path = workdir / f"kxds-{n}.log"
     started = time.monotonic()
@@ -148,7 +116,7 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats
         )
     envoy = None
     try:
-        cold = wait(lambda: _connectable(ports["admin"]), 600, 0.05)
+        cold = wait(lambda: connectable(ports["admin"]), 600, 0.05)
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
         envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode == "delta"), workdir / f"envoy-{n}", log=envoy_log)
 
@@ -175,7 +143,7 @@ def run_size(n: int, changes: int, workdir: Path, backends: Backends, trim_stats
 
         flip_latencies = []
         for k in range(changes):
-            target = backends.ports[(k + 1) % len(backends.ports)]
+            target = backend_ports[(k + 1) % len(backend_ports)]
             t0 = time.monotonic()
             write(source / "flip.yaml", [endpoint_slice("svc0-00001", target)])
             # svc0-00001 takes 90%: poll until a response comes from the new endpoint.
@@ -249,13 +217,14 @@ def main() -> int:
                         help="variants measured side by side: sotw, delta, kourier (the baseline: Kourier's full rebuild and push, inline endpoints)")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
-    backends = Backends(args.backends)
+    backends = Backends()
+    backend_ports = [backends.start(f"backend-{n}") for n in range(args.backends)]
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="kxds-bench-") as workdir:
             for n in (int(s) for s in args.sizes.split(",")):
                 for mode in args.modes.split(","):
-                    result = run_size(n, args.changes, Path(workdir), backends, args.trim_stats, mode)
+                    result = run_size(n, args.changes, Path(workdir), backend_ports, args.trim_stats, mode)
                     print(json.dumps(result), flush=True)
                     results.append(result)
     finally:

@@ -74,7 +74,7 @@ class Backends:
         task = asyncio.run_coroutine_threadsafe(serve_asgi(counting, LOCAL, port, stop, certfile=certfile, keyfile=keyfile), self._loop)
         self._servers[name] = (stop, task)
         self.ports[name] = port
-        wait_until(lambda: _connectable(port), what=f"backend {name} on port {port}")
+        wait_until(lambda: connectable(port), what=f"backend {name} on port {port}")
         return port
 
     def stop(self, name: str) -> None:
@@ -90,7 +90,7 @@ class Backends:
         self._loop.close()
 
 
-def _connectable(port: int) -> bool:
+def connectable(port: int) -> bool:
     try:
         socket.create_connection((LOCAL, port), timeout=0.5).close()
         return True
