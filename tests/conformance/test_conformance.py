@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from tests.conformance.suite import (
     update_ingress,
 )
 from tests.conftest import Stack
-from tests.e2e.harness import LOCAL, Gateway, Reply, curl, curl_many, wait_until
+from tests.e2e.harness import LOCAL, Gateway, Reply, Traffic, curl, curl_many, wait_until
 
 pytestmark = pytest.mark.e2e
 case = pytest.mark.case
@@ -314,20 +313,8 @@ def test_update(stack: Stack) -> None:
         current = create_backend(stack, f"{name}-first")
         ingress = ingress_object(name, ingress_rule([host], http_path(split(current, **{"Who-Are-You": current[0]}))))
         create_ingress_ready(stack, ingress)
-        failures: list[str] = []
-        sent = [0]
-        stop = threading.Event()
-
-        def load() -> None:
-            while not stop.is_set():  # short-lived curl processes: new connections reach both gateways
-                for status, body in curl_many(stack.ports.external, f"{host}", 10, path=f"/?time={time.time_ns()}", parallel=1):
-                    sent[0] += 1
-                    if status != 200:
-                        failures.append(f"{status} {body[:200]!r}")
-
-        loader = threading.Thread(target=load)
-        loader.start()
-        try:
+        # Short-lived curl processes: new connections reach both gateways.
+        with Traffic(stack.ports.external, [host], 10, path=lambda: f"/?time={time.time_ns()}") as traffic:
             for i in range(10):
                 sentinel = f"{name}-sentinel-{i}"
                 ingress = update_ingress(stack, ingress, ingress_rule([host], http_path(split(current, **{"Who-Are-You": sentinel}))))
@@ -339,11 +326,8 @@ def test_update(stack: Stack) -> None:
                 reply = curl(stack.ports.external, host)
                 assert (header(reply, "Who-Are-You"), reply.json()["server"]["name"]) == (sentinel, current[0])
                 delete_backend(stack, previous[0])
-        finally:
-            stop.set()
-            loader.join()
-        assert sent[0] > 100, f"the load loop sent only {sent[0]} requests"
-        assert failures == []
+        assert traffic.sent > 100, f"the load loop sent only {traffic.sent} requests"
+        assert traffic.failures == []
         for gateway in (stack.gateway, second):
             assert gateway.stat("http.ingress_http.rds.external_services.update_rejected") == 0
             assert gateway.stat("cluster_manager.cds.update_rejected") == 0

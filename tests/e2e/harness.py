@@ -325,3 +325,31 @@ def curl_many(port: int, host: str, count: int, path: str = "/", parallel: int =
     for t in threads:
         t.join()
     return results
+
+
+class Traffic:
+    """curl through the gateway in a background thread, batch after batch, until the `with`
+    block ends: how many requests went out and which did not answer 200."""
+
+    def __init__(self, port: int, hosts: Sequence[str], per_host: int, *, parallel: int = 1, path: Callable[[], str] = lambda: "/") -> None:
+        self.port, self.hosts, self.per_host, self.parallel, self.path = port, hosts, per_host, parallel, path
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for host in self.hosts:
+                for status, body in curl_many(self.port, host, self.per_host, path=self.path(), parallel=self.parallel):
+                    self.sent += 1
+                    if status != 200:
+                        self.failures.append(f"{host}: {status} {body[:200]!r}")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

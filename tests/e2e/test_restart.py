@@ -4,14 +4,13 @@ kxds was down reaches Envoy once it is back, and what did not change is not re-s
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
-from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, curl_many, wait_until
+from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, Traffic, curl, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,42 +24,32 @@ def test_kill_9_under_traffic_and_a_change_made_while_down(tmp_path: Path) -> No
     plane = ControlPlane(tmp_path, ports)
     gateway = Gateway(tmp_path, plane)
     restarted: ControlPlane | None = None
-    stop = threading.Event()
-    statuses: list[int] = []
     try:
         port = backends.start("echo")
         plane.write("objects.yaml", [service("echo", target=port), endpoint_slice("echo", [LOCAL], port), steady("before")])
         plane.wait_ready("ns/steady")
 
-        def load() -> None:
-            while not stop.is_set():
-                statuses.extend(status for status, _ in curl_many(ports.external, "steady.example.com", 40, parallel=4))
+        with Traffic(ports.external, ["steady.example.com"], 40, parallel=4) as traffic:
+            listeners_applied = gateway.stat("listener_manager.lds.update_success")
+            plane.process.kill()
+            plane.process.wait()
+            plane.stop()
 
-        traffic = threading.Thread(target=load)
-        traffic.start()
-        listeners_applied = gateway.stat("listener_manager.lds.update_success")
-        plane.process.kill()
-        plane.process.wait()
-        plane.stop()
+            # While kxds is down: Envoy serves from what it has; the change waits in the source.
+            plane.write("objects.yaml", [service("echo", target=port), endpoint_slice("echo", [LOCAL], port), steady("after"),
+                                         ingress("added", rule(["added.example.com"], path(split("echo"))))])
+            time.sleep(1.0)
+            assert curl(ports.external, "steady.example.com").request_header("X-Version") == "before"
 
-        # While kxds is down: Envoy serves from what it has; the change waits in the source.
-        plane.write("objects.yaml", [service("echo", target=port), endpoint_slice("echo", [LOCAL], port), steady("after"),
-                                     ingress("added", rule(["added.example.com"], path(split("echo"))))])
-        time.sleep(1.0)
-        assert curl(ports.external, "steady.example.com").request_header("X-Version") == "before"
+            restarted = ControlPlane(tmp_path, ports, xds_port=plane.xds_port, log_name="kxds-restarted.log")
+            restarted.wait_ready("ns/added", timeout=40)
+            assert curl(ports.external, "added.example.com").status == 200
+            wait_until(lambda: curl(ports.external, "steady.example.com").request_header("X-Version") == "after", what="the change made while down")
 
-        restarted = ControlPlane(tmp_path, ports, xds_port=plane.xds_port, log_name="kxds-restarted.log")
-        restarted.wait_ready("ns/added", timeout=40)
-        assert curl(ports.external, "added.example.com").status == 200
-        wait_until(lambda: curl(ports.external, "steady.example.com").request_header("X-Version") == "after", what="the change made while down")
-        stop.set()
-        traffic.join(timeout=60)
-
-        assert statuses and set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} of {len(statuses)} requests failed"
+        assert traffic.sent and traffic.failures == [], f"{len(traffic.failures)} of {traffic.sent} requests failed: {traffic.failures[:5]}"
         # Content versions are stable across restarts: the listeners, unchanged, were not re-sent.
         assert gateway.stat("listener_manager.lds.update_success") == listeners_applied
     finally:
-        stop.set()
         gateway.stop()
         if restarted is not None:
             restarted.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from kmock import Server, resource
 from kubernetes import client
 
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
-from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl_many, wait_until
+from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, Traffic, wait_until
 from tests.kube.emulator import VersionedEmulator
 from tests.kube.test_kubernetes_mode import GROUP, NS, PLURAL, VERSION, kubeconfig
 
@@ -56,22 +55,8 @@ async def test_restart_against_2000_ingresses_never_drops_a_route(tmp_path: Path
             gateway = await asyncio.to_thread(Gateway, tmp_path, first)
             await asyncio.to_thread(wait_until, lambda: all_ready(first), 120, 0.5, f"all {COUNT} Ingresses ready")
 
-            failures: list[str] = []
-            sent = [0]
-            stop = threading.Event()
             hosts = [f"p{i}.example.com" for i in random.Random(7).sample(range(COUNT), 40)]
-
-            def load() -> None:
-                while not stop.is_set():
-                    for host in hosts:
-                        for status, body in curl_many(ports.external, host, 3, parallel=1):
-                            sent[0] += 1
-                            if status != 200:
-                                failures.append(f"{host}: {status} {body[:120]!r}")
-
-            loader = threading.Thread(target=load)
-            loader.start()
-            try:
+            with Traffic(ports.external, hosts, 3) as traffic:
                 await asyncio.sleep(1)
                 first.process.kill()  # no goodbye: Envoy keeps serving what it has
                 await asyncio.sleep(1)
@@ -82,10 +67,7 @@ async def test_restart_against_2000_ingresses_never_drops_a_route(tmp_path: Path
                 await asyncio.to_thread(wait_until, lambda: len(second.gateways()) == 1 and second.gateways()[0]["synced"], 60, 0.2,
                                         "the gateway to reconnect")
                 await asyncio.sleep(1)
-            finally:
-                stop.set()
-                loader.join()
-            assert sent[0] > 100 and failures == [], (sent[0], failures[:5])
+            assert traffic.sent > 100 and traffic.failures == [], (traffic.sent, traffic.failures[:5])
             events = [json.loads(line) for line in second.log_path.read_text().splitlines() if line.startswith("{")]
             names = [e["event"] for e in events]
             built = next(e for e in events if e["event"] == "snapshot.built")
