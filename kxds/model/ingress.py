@@ -91,6 +91,16 @@ class Ingress:
     def hosts(self) -> frozenset[str]:
         return frozenset(h for rule in self.rules for h in rule.hosts)
 
+    @property
+    def services(self) -> frozenset[str]:
+        """"namespace/name" of every Service a split routes to."""
+        return frozenset(f"{s.service_namespace}/{s.service_name}" for rule in self.rules for p in rule.paths for s in p.splits)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """"namespace/name" of every Secret its TLS entries name."""
+        return frozenset(f"{t.secret_namespace}/{t.secret_name}" for t in self.tls)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RejectedIngress:

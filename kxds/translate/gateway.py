@@ -139,10 +139,6 @@ def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[Endpoin
     return changed
 
 
-def _service_refs(ingress: Ingress) -> list[str]:
-    return sorted({f"{s.service_namespace}/{s.service_name}" for rule in ingress.rules for p in rule.paths for s in p.splits})
-
-
 class _Plan:
     """The configuration being assembled, one Ingress at a time."""
 
@@ -185,7 +181,7 @@ class _Plan:
         """The Ingress's own translation, from the cache when nothing it depends on changed."""
         upstream = self.upstream_ca is not None and not self.upstream_ca[1]
         inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled, self.ext_authz,
-                  *(self.world.services.get(ref) for ref in _service_refs(ingress)))
+                  *(self.world.services.get(ref) for ref in sorted(ingress.services)))
         cached = self.cache.ingresses.get(ingress.key)
         if cached is not None and _same(cached[0], inputs):
             self.ingress_cache[ingress.key] = cached
