@@ -173,9 +173,9 @@ class Controller:
         self._full_rebuild, self._endpoints_changed = False, set()
         started = time.perf_counter()
         world = build_world(self._objects.values())
-        held = {i.key: r for i in world.ingresses if (r := self._quarantine.held(i)) is not None}
+        kept, held = self._quarantine.split(world.ingresses)
         if held:
-            world = replace(world, ingresses=tuple(i for i in world.ingresses if i.key not in held))
+            world = replace(world, ingresses=kept)
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
         config, snapshot = await asyncio.to_thread(
@@ -184,11 +184,10 @@ class Controller:
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
         outcomes = dict(config.outcomes)
-        for key, rejection in held.items():
+        for ingress, rejection in held:
             message = f"a gateway rejected this Ingress's configuration: {rejection.message}"
-            outcomes[key] = Outcome(programmed=False, reason=ENVOY_REJECTED, message=message)
-        held_ingresses = [o for o in self._objects.values() if isinstance(o, Ingress) and o.key in held]
-        self._track((*world.ingresses, *held_ingresses), rejected, outcomes, snapshot.serial)
+            outcomes[ingress.key] = Outcome(programmed=False, reason=ENVOY_REJECTED, message=message)
+        self._track((*world.ingresses, *(ingress for ingress, _ in held)), rejected, outcomes, snapshot.serial)
         self._publish(snapshot)
         for problem in config.problems:
             log.warning("config.invalid", problem=problem)

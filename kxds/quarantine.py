@@ -27,15 +27,13 @@ class Rejection:
 
 
 def _uses(ingress: Ingress) -> frozenset[tuple[str, str]]:
-    services = {("Service", f"{s.service_namespace}/{s.service_name}") for r in ingress.rules for p in r.paths for s in p.splits}
-    secrets = {("Secret", f"{t.secret_namespace}/{t.secret_name}") for t in ingress.tls}
-    return frozenset(services | secrets)
+    return frozenset({*(("Service", s) for s in ingress.services), *(("Secret", s) for s in ingress.secrets)})
 
 
 def _names(ingress: Ingress) -> set[str]:
     """What Envoy can call this Ingress's resources in an error: vhost and route names carry
     `(ns/name)`, clusters and SDS secrets are `ns/name`, domains are its hosts."""
-    return {f"({ingress.key})", *(name for _, name in _uses(ingress)), *ingress.hosts}
+    return {f"({ingress.key})", *ingress.services, *ingress.secrets, *ingress.hosts}
 
 
 def _mentions(message: str, name: str) -> bool:
@@ -67,8 +65,23 @@ class Quarantine:
         rejection = self._held.get(ingress.key)
         return rejection if rejection is not None and rejection.hash == ingress.hash else None
 
+    def split(self, ingresses: tuple[Ingress, ...]) -> tuple[tuple[Ingress, ...], list[tuple[Ingress, Rejection]]]:
+        """The Ingresses to translate, and those held out with their rejection."""
+        if not self._held:
+            return ingresses, []  # the usual case: no walk on the rebuild path
+        kept, held = [], []
+        for ingress in ingresses:
+            rejection = self.held(ingress)
+            if rejection is None:
+                kept.append(ingress)
+            else:
+                held.append((ingress, rejection))
+        return tuple(kept), held
+
     def release(self, changed: Iterable[ObjectKey]) -> None:
         """Objects changed: give the Ingresses that depend on them another chance."""
+        if not self._held:
+            return
         for key in changed:
             if key.kind == "ConfigMap":
                 self._held.clear()
