@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from kxds.xds.snapshot import Resource, Snapshot
-from kxds.xds.stream import WILDCARD, Sent, SotwStream, StaleNonce, TypeState, _differing, _Response
+from kxds.xds.stream import WILDCARD, SotwStream, StaleNonce, TypeState, _differing, _Response
 
 
 @dataclass(slots=True)
@@ -91,10 +91,7 @@ class DeltaStream(SotwStream):
 
     def _delta_respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], changed: list[str],
                        removed: list[str], serial: int) -> discovery_pb2.DeltaDiscoveryResponse:
-        self._nonce += 1
-        nonce = str(self._nonce)
-        state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
-        self._events.append(Sent(type_url, version, nonce, len(changed)))
+        nonce = self._sending(type_url, state, version, desired, serial, len(changed))
         resources = [discovery_pb2.Resource(name=n, version=desired[n].version, resource=desired[n].body) for n in changed]
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version, type_url=type_url, nonce=nonce, resources=resources, removed_resources=removed

@@ -210,17 +210,22 @@ class SotwStream:
         return not _differing(desired, state.acked_resources)
 
     def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int) -> discovery_pb2.DiscoveryResponse:
-        self._nonce += 1
-        nonce = str(self._nonce)
         sent = sorted(desired)
         if type_url not in FULL_STATE and not state.force:
             # RDS/EDS: Envoy updates only the watches whose resources a response carries and keeps
             # the others (xds-protocol.md §2.4), so an endpoint flip is one assignment on the wire.
             sent = _differing(desired, state.acked_resources)
+        nonce = self._sending(type_url, state, version, desired, serial, len(sent))
+        return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[desired[n].body for n in sent])
+
+    def _sending(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int, count: int) -> str:
+        """Record a response about to go out (`count` resources on the wire); returns its nonce."""
+        self._nonce += 1
+        nonce = str(self._nonce)
         # What the gateway holds once it ACKs is the whole desired set, sent or not.
         state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
-        self._events.append(Sent(type_url, version, nonce, len(sent)))
-        return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[desired[n].body for n in sent])
+        self._events.append(Sent(type_url, version, nonce, count))
+        return nonce
 
     def _requested(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
