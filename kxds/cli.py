@@ -30,6 +30,11 @@ def _flag(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
     parser.add_argument(flag, **kwargs)
 
 
+def _switched_on(value: object) -> bool:
+    """A store_true flag, or its KXDS_* environment value ("", "0" and "false" are off)."""
+    return value not in (False, "", "0", "false")
+
+
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     ports = Ports()
     _flag(parser, "--listen-address", default="0.0.0.0", help="address the gateway listeners bind")
@@ -159,14 +164,14 @@ def _default_certificate() -> str:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     kubernetes = None
-    if getattr(args, "kubernetes", False) not in (False, "", "0", "false"):
+    if _switched_on(getattr(args, "kubernetes", False)):
         kubernetes = KubernetesSettings(
             kubeconfig=args.kubeconfig,
             namespace=args.namespace,
             gateway_namespace=args.gateway_namespace,
             cluster_domain=args.cluster_domain,
             secrets_by_certificate_uid=os.environ.get("ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID", "").lower() == "true",
-            leader_election=args.no_leader_election in (False, "", "0", "false"),
+            leader_election=not _switched_on(args.no_leader_election),
             identity=args.identity,
             lease_duration_seconds=float(args.lease_duration),
             lease_renew_seconds=float(args.lease_renew_interval),
@@ -216,8 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit("kxds bootstrap: --xds-tls-cert and --xds-tls-key go together, with --xds-tls-ca")
             tls = XdsClientTls(ca=args.xds_tls_ca, cert=args.xds_tls_cert, key=args.xds_tls_key) if args.xds_tls_ca else None
             options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port),
-                       "trim_stats": args.trim_stats not in (False, "", "0", "false"), "tls": tls,
-                       "delta": args.delta not in (False, "", "0", "false")}
+                       "trim_stats": _switched_on(args.trim_stats), "tls": tls, "delta": _switched_on(args.delta)}
             if args.configmap:
                 namespace, _, name = str(args.configmap).partition("/")
                 sys.stdout.write(render_bootstrap_configmap(namespace, name, args.xds_address, _as_int(args.admin_port), **options))
