@@ -9,17 +9,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, message
 
 from kxds.model.service import EndpointSlice, Service, ServicePort
 from kxds.translate import names
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TLS_SOCKET = "envoy.transport_sockets.tls"
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=5)
+
+
+def packed(msg: message.Message) -> any_pb2.Any:
+    """A message as a typed_config."""
+    out = any_pb2.Any()
+    out.Pack(msg)
+    return out
+
+
+def tls_socket(context: message.Message) -> base_pb2.TransportSocket:
+    """The TLS transport socket around a Downstream- or UpstreamTlsContext."""
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=packed(context))
 
 
 def ads_source() -> config_source_pb2.ConfigSource:
@@ -33,17 +46,14 @@ def cluster(service: Service, port: ServicePort, *, http2: bool, upstream_tls: t
         # The external name is resolved by Envoy; used by DomainMapping and host-rewrite hairpins.
         out.type = cluster_pb2.Cluster.LOGICAL_DNS
         out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        out.load_assignment.CopyFrom(_assignment(name, [service.external_name], port.port))
+        out.load_assignment.CopyFrom(static_assignment(name, [service.external_name], port.port))
     else:
         out.type = cluster_pb2.Cluster.EDS
         out.eds_cluster_config.eds_config.CopyFrom(ads_source())
     if http2:
         speak_http2(out)
     if upstream_tls is not None:
-        context = any_pb2.Any()
-        context.Pack(upstream_tls)
-        out.transport_socket.name = "envoy.transport_sockets.tls"
-        out.transport_socket.typed_config.CopyFrom(context)
+        out.transport_socket.CopyFrom(tls_socket(upstream_tls))
     return out
 
 
@@ -54,9 +64,7 @@ def speak_http2(out: cluster_pb2.Cluster) -> None:
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
-    packed = any_pb2.Any()
-    packed.Pack(options)
-    out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed)
+    out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(packed(options))
 
 
 def load_assignment(service: Service, port: ServicePort, slices: Iterable[EndpointSlice]) -> endpoint_pb2.ClusterLoadAssignment:
@@ -89,7 +97,8 @@ def _lb_endpoint(address: str, port: int) -> endpoint_components_pb2.LbEndpoint:
     )
 
 
-def _assignment(name: str, hosts: list[str], port: int) -> endpoint_pb2.ClusterLoadAssignment:
+def static_assignment(name: str, hosts: list[str], port: int) -> endpoint_pb2.ClusterLoadAssignment:
+    """Fixed hosts (names or addresses) on one port, for clusters Envoy resolves itself."""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     locality = assignment.endpoints.add()
     locality.lb_endpoints.extend(_lb_endpoint(h, port) for h in hosts)

@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, grpc_service_pb2, http_service_pb2, http_uri_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, http_service_pb2, http_uri_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, message
+from google.protobuf import any_pb2, duration_pb2
 
 from kxds.model.config import Endpoint, ExtAuthzConfig, TracingConfig
 from kxds.translate import clusters
@@ -28,12 +27,6 @@ TRACING_CLUSTER = "otel-collector"
 OPENTELEMETRY_TRACER = "envoy.tracers.opentelemetry"
 # Paths that must never need authorization: ACME HTTP-01 challenges (cert-manager).
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-
-
-def _packed(msg: message.Message) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(msg)
-    return out
 
 
 def _millis(ms: int) -> duration_pb2.Duration:
@@ -62,17 +55,17 @@ def ext_authz_filter(config: ExtAuthzConfig) -> hcm_pb2.HttpFilter:
                 path_prefix=config.path_prefix,
             )
         )
-    return hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=_packed(authz))
+    return hcm_pb2.HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=clusters.packed(authz))
 
 
 def ext_authz_context(visibility: str, labels: Iterable[tuple[str, str]]) -> any_pb2.Any:
     """Per-vhost check settings: what the authorization service learns about the Ingress."""
     extensions = {**dict(labels), "client": "kourier", "visibility": visibility}
-    return _packed(ext_authz_pb2.ExtAuthzPerRoute(check_settings=ext_authz_pb2.CheckSettings(context_extensions=extensions)))
+    return clusters.packed(ext_authz_pb2.ExtAuthzPerRoute(check_settings=ext_authz_pb2.CheckSettings(context_extensions=extensions)))
 
 
 def ext_authz_disabled() -> any_pb2.Any:
-    return _packed(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
+    return clusters.packed(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
 
 
 def tracing(config: TracingConfig) -> hcm_pb2.HttpConnectionManager.Tracing:
@@ -89,7 +82,7 @@ def tracing(config: TracingConfig) -> hcm_pb2.HttpConnectionManager.Tracing:
         )
     return hcm_pb2.HttpConnectionManager.Tracing(
         random_sampling=percent_pb2.Percent(value=config.sampling_rate * 100),
-        provider=http_tracer_pb2.Tracing.Http(name=OPENTELEMETRY_TRACER, typed_config=_packed(tracer)),
+        provider=http_tracer_pb2.Tracing.Http(name=OPENTELEMETRY_TRACER, typed_config=clusters.packed(tracer)),
     )
 
 
@@ -104,23 +97,15 @@ def service_clusters(ext_authz: ExtAuthzConfig | None, tracer: TracingConfig | N
 
 def _service_cluster(name: str, endpoint: Endpoint, *, http2: bool, tls: bool) -> cluster_pb2.Cluster:
     """A DNS-resolved cluster for a host:port outside the Ingress world."""
-    address = address_pb2.Address(socket_address=address_pb2.SocketAddress(address=endpoint.host, port_value=endpoint.port))
     out = cluster_pb2.Cluster(
         name=name,
         connect_timeout=clusters.CONNECT_TIMEOUT,
         type=cluster_pb2.Cluster.STRICT_DNS,
         dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
-                lb_endpoints=[endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))]
-            )],
-        ),
+        load_assignment=clusters.static_assignment(name, [endpoint.host], endpoint.port),
     )
     if http2:
         clusters.speak_http2(out)
     if tls:
-        context = tls_pb2.UpstreamTlsContext(sni=endpoint.host)
-        out.transport_socket.name = "envoy.transport_sockets.tls"
-        out.transport_socket.typed_config.CopyFrom(_packed(context))
+        out.transport_socket.CopyFrom(clusters.tls_socket(tls_pb2.UpstreamTlsContext(sni=endpoint.host)))
     return out

@@ -16,24 +16,18 @@ from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from kxds.model.config import KourierConfig
 from kxds.settings import GatewaySettings
 from kxds.translate import extensions, names, tls
-from kxds.translate.clusters import ads_source
+from kxds.translate.clusters import ads_source, packed, tls_socket
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 PROXY_PROTOCOL = "envoy.filters.listener.proxy_protocol"
 RDS_INITIAL_FETCH_TIMEOUT = duration_pb2.Duration(seconds=10)
-
-
-def packed(msg: message.Message) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(msg)
-    return out
 
 
 def listen_addresses(gateway: GatewaySettings, kourier: KourierConfig) -> tuple[str, ...]:
@@ -76,7 +70,7 @@ def tls_listener(
             listener_components_pb2.FilterChain(
                 name=f"{'sni' if chain.server_names else 'default'}:{chain.secret}",
                 filter_chain_match=listener_components_pb2.FilterChainMatch(server_names=sorted(chain.server_names)),
-                transport_socket=base_pb2.TransportSocket(name=tls.TLS_SOCKET, typed_config=packed(context)),
+                transport_socket=tls_socket(context),
                 filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=manager)],
             )
         )

@@ -21,7 +21,6 @@ from kxds.translate.clusters import ads_source
 CERTIFICATE_KEY = "tls.crt"
 PRIVATE_KEY = "tls.key"
 CA_KEY = "ca.crt"
-TLS_SOCKET = "envoy.transport_sockets.tls"
 # Knative's routing certificates carry one of these DNS SANs (knative-ingress-contract.md §10.8).
 ROUTING_SAN = "kn-routing"
 
