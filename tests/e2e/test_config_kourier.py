@@ -138,6 +138,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConfigStack]:
     finally:
         env.authz.server.stop(0)
         env.collector.server.shutdown()
+        env.collector.server.server_close()
         stack.close()
 
 
