@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from kxds.model.fields import host_port
 from kxds.settings import DEFAULT_NODE_CLUSTER, DEFAULT_NODE_ID
 
 # The admin paths Kourier's stats listener exposes (GET), plus POST /drain_listeners.
@@ -15,10 +16,10 @@ _STATS_PATHS = "/(certs|stats(/prometheus)?|server_info|clusters|listeners|ready
 
 
 def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    parsed = host_port(address)
+    if parsed is None:
         raise ValueError(f"invalid address {address!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+    return parsed
 
 
 def _is_ip(host: str) -> bool:

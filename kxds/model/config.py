@@ -245,11 +245,10 @@ def _path_prefix(value: Any, at: str) -> str:
 
 
 def _endpoint(text: str, at: str) -> Endpoint:
-    host, sep, port_text = text.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    parsed = fields.host_port(text.strip())
+    if parsed is None or not 0 < parsed[1] < 65536:
         raise FieldError(at, f"invalid value {text!r}: expected host:port")
-    return Endpoint(host=host, port=int(port_text))
+    return Endpoint(host=parsed[0], port=parsed[1])
 
 
 _KOURIER_KEYS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = (

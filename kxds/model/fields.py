@@ -77,3 +77,12 @@ def go_duration(value: Any, path: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise FieldError(path, f"invalid duration {text!r}: expected a Go duration such as 30s or 48h0m0s")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def host_port(text: str) -> tuple[str, int] | None:
+    """("host", port) from "host:port" or "[ipv6]:port"; None when the text is not of that shape."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host, int(port)
