@@ -79,6 +79,15 @@ async def test_no_gateway_means_not_ready(plane: Running) -> None:
     assert status == 200 and '"reason": "NoGatewayConnected"' in body and '"ready": false' in body
 
 
+async def ack_clusters_and_refuse_listeners(stream: Any, clusters: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryResponse:
+    """ACK the CDS response, ask for listeners and NACK them ("refused for the test"); returns them."""
+    await stream.write(request(CLUSTER, nonce=clusters.nonce, version=clusters.version_info))
+    await stream.write(request(LISTENER))
+    listeners: discovery_pb2.DiscoveryResponse = await stream.read()
+    await stream.write(request(LISTENER, nonce=listeners.nonce, error="refused for the test"))
+    return listeners
+
+
 async def test_every_node_gets_the_same_configuration_and_nacks_are_counted(plane: Running) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
@@ -87,11 +96,8 @@ async def test_every_node_gets_the_same_configuration_and_nacks_are_counted(plan
         await second.write(request(CLUSTER, node="gateway-b"))
         a, b = await first.read(), await second.read()
         assert len(a.resources) == 2 and a.version_info == b.version_info and a.resources == b.resources
-        await first.write(request(CLUSTER, nonce=a.nonce, version=a.version_info))
-        await first.write(request(LISTENER))
-        listeners = await first.read()
+        listeners = await ack_clusters_and_refuse_listeners(first, a)
         assert listeners.type_url == LISTENER and len(listeners.resources) == 3
-        await first.write(request(LISTENER, nonce=listeners.nonce, error="refused for the test"))
         metrics = await eventually(plane, "/metrics", 'kxds_xds_nacks_total{type="LDS"} 1.0')
         assert "kxds_connected_gateways 2.0" in metrics
         # A push to each of the two gateways, one ACK.
@@ -106,11 +112,7 @@ async def test_csds_reports_what_each_gateway_acknowledged_and_rejected(plane: R
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
         ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await ads.write(request(CLUSTER, node="gateway-a"))
-        clusters = await ads.read()
-        await ads.write(request(CLUSTER, nonce=clusters.nonce, version=clusters.version_info))
-        await ads.write(request(LISTENER))
-        listeners = await ads.read()
-        await ads.write(request(LISTENER, nonce=listeners.nonce, error="refused for the test"))
+        await ack_clusters_and_refuse_listeners(ads, await ads.read())
         await eventually(plane, "/gateways", "refused for the test")
 
         csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
