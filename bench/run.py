@@ -111,14 +111,14 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
             [sys.executable, "-m", "kxds", "serve", "--source", str(source), "--xds-address", f"{LOCAL}:{ports['xds']}",
              "--admin-address", f"{LOCAL}:{ports['admin']}", "--listen-address", LOCAL, "--external-http-port", str(ports["external"]),
              "--internal-http-port", str(ports["internal"]), "--probe-http-port", str(ports["probe"]), "--log-level", "info",
-             *(["--kourier-algorithm"] if mode == "kourier" else [])],
+             *(["--kourier-algorithm"] if mode == "kourier" else []), *(["--route-layout", "scoped"] if mode.endswith("-scoped") else [])],
             stdout=log, stderr=subprocess.STDOUT,
         )
     envoy = None
     try:
         cold = wait(lambda: connectable(ports["admin"]), 600, 0.05)
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
-        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode == "delta"), workdir / f"envoy-{n}", log=envoy_log)
+        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode.startswith("delta")), workdir / f"envoy-{n}", log=envoy_log)
 
         def all_ready() -> bool:
             try:
@@ -197,9 +197,9 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     for r in results:
         by_size.setdefault(r["ingresses"], {})[r.get("mode", "sotw")] = r
     ratios = [
-        f"{n:,}: change {m['delta']['ingress_change']['p95_ms'] / m['kourier']['ingress_change']['p95_ms']:.2f}, "
-        f"endpoint flip {m['delta']['endpoint_flip']['p95_ms'] / m['kourier']['endpoint_flip']['p95_ms']:.2f}"
-        for n, m in by_size.items() if "delta" in m and "kourier" in m
+        f"{n:,}: {delta} change {m[delta]['ingress_change']['p95_ms'] / m['kourier']['ingress_change']['p95_ms']:.2f}, "
+        f"endpoint flip {m[delta]['endpoint_flip']['p95_ms'] / m['kourier']['endpoint_flip']['p95_ms']:.2f}"
+        for n, m in by_size.items() for delta in ("delta", "delta-scoped") if delta in m and "kourier" in m
     ]
     if ratios:
         lines += ["", "Delta p95 ÷ Kourier-algorithm p95 (same run): " + "; ".join(ratios) + "."]
@@ -213,8 +213,9 @@ def main() -> int:
     parser.add_argument("--backends", type=int, default=3)
     parser.add_argument("--trim-stats", action="store_true", help="bootstrap Envoy with kxds bootstrap --trim-stats")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and Markdown go")
-    parser.add_argument("--modes", default="sotw,delta,kourier",
-                        help="variants measured side by side: sotw, delta, kourier (the baseline: Kourier's full rebuild and push, inline endpoints)")
+    parser.add_argument("--modes", default="sotw,delta,delta-scoped,kourier",
+                        help="variants measured side by side: sotw, delta (Kourier's route layout), sotw-scoped, delta-scoped "
+                             "(--route-layout=scoped), kourier (the baseline: Kourier's full rebuild and push, inline endpoints)")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     backends = Backends()

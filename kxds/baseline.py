@@ -34,14 +34,14 @@ def inline_endpoints(config: GatewayConfig) -> GatewayConfig:
             encoded = encode(encoded.name, cluster)
         clusters.append(encoded)
     needs = {name: frozenset(n for n in wanted if n[0] != ENDPOINT) for name, wanted in config.cluster_needs.items()}
-    return replace(config, encoded={**config.encoded, CLUSTER: tuple(clusters), ENDPOINT: ()}, cluster_needs=needs)
+    return replace(config, encoded={**config.encoded, CLUSTER: tuple(clusters), ENDPOINT: ()}, cluster_needs=needs, asks={**config.asks, CLUSTER: needs})
 
 
 def fresh_versions(snapshot: Snapshot) -> Snapshot:
     """Every resource at a new random version: the gateway is sent everything again."""
     stamp = uuid.uuid4().hex[:8]
     resources = {
-        type_url: MappingProxyType({n: Resource(name=n, version=f"{r.version}-{stamp}", body=r.body, needs=r.needs) for n, r in of_type.items()})
+        type_url: MappingProxyType({n: Resource(name=n, version=f"{r.version}-{stamp}", body=r.body, needs=r.needs, asks=r.asks) for n, r in of_type.items()})
         for type_url, of_type in snapshot.resources.items()
     }
     return Snapshot(serial=snapshot.serial, resources=MappingProxyType(resources))

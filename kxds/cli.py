@@ -42,6 +42,8 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
         attribute = name.replace("-", "_")
         _flag(parser, f"--{name}-port", type=int, default=getattr(ports, attribute), help=f"gateway {name.replace('-', ' ')} port")
     _flag(parser, "--ingress-class", default=DEFAULT_INGRESS_CLASS, help="serve only Ingresses of this class")
+    _flag(parser, "--route-layout", default="kourier", choices=["kourier", "scoped"],
+          help="kourier: two route configurations with every host (Kourier's names); scoped: one per Ingress, chosen by host (scales)")
     _flag(parser, "--system-namespace", default=os.environ.get("SYSTEM_NAMESPACE", "knative-serving"), help="namespace of config-kourier and config-network")
 
 
@@ -132,6 +134,7 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         ),
         http_option_disabled="KOURIER_HTTPOPTION_DISABLED" in os.environ,
         system_namespace=args.system_namespace,
+        route_layout=args.route_layout,
         default_certificate=_default_certificate(),
         ext_authz=_env_ext_authz(),
     )

@@ -24,8 +24,9 @@ from kxds.model.service import EndpointSlice, Service
 from kxds.model.world import World
 from kxds.quarantine import ENVOY_REJECTED, Quarantine
 from kxds.settings import GatewaySettings
-from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, translate, update_endpoints
-from kxds.xds.type_urls import ENDPOINT
+from kxds.translate.encoded import Encoded
+from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, retranslate_ingress, translate, update_endpoints
+from kxds.xds.type_urls import ENDPOINT, ROUTE
 from kxds.xds.fleet import Fleet
 from kxds.xds.stream import Nacked
 from kxds.xds.snapshot import Snapshot, build_snapshot
@@ -115,9 +116,12 @@ class Controller:
         self._rebuilt = asyncio.Event()
         # Rebuilds run one at a time (the run loop, or priming before it), so one cache is safe.
         self._cache = TranslationCache()
-        # What changed since the last rebuild: only EndpointSlices → the endpoint fast path.
+        # What changed since the last rebuild: only EndpointSlices and edited Ingresses → the fast
+        # paths (new load assignments; an Ingress's own route configurations), else a full rebuild.
         self._full_rebuild = True
         self._endpoints_changed: set[str] = set()
+        self._ingresses_changed: dict[str, Ingress] = {}
+        self._world: World | None = None  # the last full rebuild's input
         self._slices: dict[str, dict[ObjectKey, EndpointSlice]] = {}  # "ns/service" → its slices
         # Convergence: when the oldest change not yet in a snapshot arrived, and, per published
         # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
@@ -147,6 +151,9 @@ class Controller:
             if removed is not None:
                 changed.append((key, removed, None))
         for key, old, new in changed:
+            if isinstance(old, Ingress) and isinstance(new, Ingress):
+                self._ingresses_changed[new.key] = new
+                continue
             if key.kind != "EndpointSlice":
                 self._full_rebuild = True
                 continue
@@ -167,15 +174,22 @@ class Controller:
         """Translate the current objects and publish the result to every gateway."""
         self._dirty.clear()
         if self.primed and not self._full_rebuild and not self._kourier_algorithm:
-            return self._rebuild_endpoints()
+            patched = self._rebuild_ingresses() if self._ingresses_changed else None
+            if patched is None and self._ingresses_changed:
+                self._full_rebuild = True  # the change reaches beyond the Ingress's own routes
+            elif patched is None or self._endpoints_changed:
+                return self._rebuild_endpoints()
+            else:
+                return patched
         if self._kourier_algorithm:
             self._cache = TranslationCache()
-        self._full_rebuild, self._endpoints_changed = False, set()
+        self._full_rebuild, self._endpoints_changed, self._ingresses_changed = False, set(), {}
         started = time.perf_counter()
         world = build_world(self._objects.values())
         kept, held = self._quarantine.split(world.ingresses)
         if held:
             world = replace(world, ingresses=kept)
+        self._world = world
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
         config, snapshot = await asyncio.to_thread(
@@ -223,6 +237,32 @@ class Controller:
         now = time.monotonic()
         for serial in [s for s in self._converging if self._fleet.synced(s)]:
             self._metrics.convergence_seconds.observe(now - self._converging.pop(serial))
+
+    def _rebuild_ingresses(self) -> Snapshot | None:
+        """Only Ingresses were edited, each keeping its hosts and backends (scoped layout): new route
+        configurations for those, swapped into the previous snapshot. None: a full rebuild is needed."""
+        if self._world is None or self._quarantine.holding:
+            return None
+        started = time.perf_counter()
+        tables: dict[str, Encoded] = {}
+        for ingress in self._ingresses_changed.values():
+            patched = retranslate_ingress(self._world, self._gateway, self._cache, ingress)
+            if patched is None:
+                return None
+            tables.update((e.name, e) for e in patched)
+        self._serial += 1
+        for ingress in self._ingresses_changed.values():
+            before = self._served.get(ingress.key)
+            if before is None or before.hash != ingress.hash:
+                self._served[ingress.key] = _Served(ingress.hash, Outcome(programmed=True), self._serial)
+        self._ingresses_changed = {}
+        snapshot = self._fleet.snapshot.with_resources(self._serial, ROUTE, tables)
+        self._publish(snapshot)
+        elapsed = time.perf_counter() - started
+        self._metrics.build_seconds.observe(elapsed)
+        log.info("snapshot.routes", serial=snapshot.serial, route_configurations=len(tables), seconds=round(elapsed, 4))
+        self._signal_rebuilt()
+        return snapshot
 
     def _rebuild_endpoints(self) -> Snapshot:
         """Only EndpointSlices changed: new load assignments for those Services, nothing else.

@@ -61,6 +61,10 @@ class Quarantine:
             self._held[ingress.key] = Rejection(ingress.hash, _uses(ingress), summary)
         return found
 
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
     def held(self, ingress: Ingress) -> Rejection | None:
         rejection = self._held.get(ingress.key)
         return rejection if rejection is not None and rejection.hash == ingress.hash else None

@@ -39,6 +39,9 @@ class GatewaySettings:
     default_certificate: str = ""
     # KOURIER_EXTAUTHZ_*: the legacy ext-authz; when set it wins over config-kourier's keys.
     ext_authz: ExtAuthzConfig | None = None
+    # "kourier": Kourier's two route configurations holding every vhost (the contract dashboards
+    # know); "scoped": one route configuration per Ingress, chosen by host (translate/scopes.py).
+    route_layout: str = "kourier"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,19 +47,23 @@ class RouteTable:
 
     name: str
     vhosts: tuple[Encoded, ...]
+    # Request headers removed before going upstream (the scoped layout's listener mark).
+    remove_headers: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, name: str, vhosts: Iterable[Encoded]) -> RouteTable:
-        return cls(name, tuple(sorted(vhosts, key=lambda v: v.name)))
+    def of(cls, name: str, vhosts: Iterable[Encoded], *, remove_headers: tuple[str, ...] = ()) -> RouteTable:
+        return cls(name, tuple(sorted(vhosts, key=lambda v: v.name)), remove_headers)
 
     def encode(self) -> Encoded:
         # validate_clusters: Envoy rejects routes naming a cluster it lacks instead of 503ing them
         # silently; kxds orders pushes so this never happens (xds-protocol.md §6.3).
         head = route_pb2.RouteConfiguration(name=self.name).SerializeToString(deterministic=True)
-        tail = route_pb2.RouteConfiguration(validate_clusters=wrappers_pb2.BoolValue(value=True)).SerializeToString(deterministic=True)
+        tail = route_pb2.RouteConfiguration(
+            validate_clusters=wrappers_pb2.BoolValue(value=True), request_headers_to_remove=self.remove_headers
+        ).SerializeToString(deterministic=True)
         data = b"".join([head, *(_VHOST_TAG + _varint(len(v.data)) + v.data for v in self.vhosts), tail])
         # Deterministic in the content, without hashing megabytes on every change.
-        version = hashlib.sha256("".join([self.name, *(v.version for v in self.vhosts)]).encode()).hexdigest()[:16]
+        version = hashlib.sha256("".join([self.name, *(v.version for v in self.vhosts), *self.remove_headers]).encode()).hexdigest()[:16]
         return Encoded(self.name, data, version)
 
     def message(self) -> route_pb2.RouteConfiguration:

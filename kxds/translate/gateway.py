@@ -17,10 +17,10 @@ from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service, ServicePort
 from kxds.model.world import World
 from kxds.settings import GatewaySettings
-from kxds.translate import clusters, extensions, listeners, names, routes, tls
+from kxds.translate import clusters, extensions, listeners, names, routes, scopes, tls
 from kxds.translate.https import HttpsPlan
 from kxds.translate.encoded import Encoded, RouteTable, encode
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 # Ingress outcome reasons (Kourier's where Kourier has one).
 DOMAIN_CONFLICT = "DomainConflict"
@@ -58,6 +58,10 @@ class GatewayConfig:
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
     # Problems with gateway-wide settings (default certificates), logged by the controller.
     problems: tuple[str, ...] = ()
+    # Type URL → name → (type URL, name) of what a gateway asks for once it has that resource (a
+    # listener's route configuration and certificates, a scope's route configuration, a cluster's
+    # endpoints): readiness waits until those are asked for and applied too.
+    asks: Mapping[str, Mapping[str, frozenset[tuple[str, str]]]] = field(default_factory=dict)
     # Type URL → every resource as it is served: encoded once, with its content version.
     encoded: Mapping[str, tuple[Encoded, ...]] = field(default_factory=dict)
 
@@ -83,6 +87,9 @@ class _IngressResult:
     external: tuple[Encoded, ...] = ()
     internal: tuple[Encoded, ...] = ()
     clusters: frozenset[str] = frozenset()
+    # The scoped layout: this Ingress's own route configurations and the scopes naming them.
+    tables: tuple[tuple[RouteTable, Encoded], ...] = ()
+    scopes: tuple[tuple[Encoded, frozenset[tuple[str, str]]], ...] = ()  # each with the route configuration it names
 
 
 class TranslationCache:
@@ -119,6 +126,14 @@ def _status_vhost(ext_authz: bool) -> Encoded:
     return encode(names.STATUS_VHOST, routes.status_vhost(ext_authz))
 
 
+@functools.cache
+def _status_table(ext_authz: bool) -> tuple[tuple[RouteTable, Encoded], tuple[Encoded, frozenset[tuple[str, str]]]]:
+    """The scoped layout's `internalkourier` route configuration and its one scope."""
+    table = scopes.table(names.INTERNAL_ROUTES, names.STATUS_VHOST, [_status_vhost(ext_authz)])
+    (scope,) = scopes.scopes(names.INTERNAL_ROUTES, names.STATUS_VHOST, [names.STATUS_VHOST])
+    return (table, table.encode()), (scope, frozenset({(ROUTE, table.name)}))
+
+
 def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[EndpointSlice, ...]]) -> list[Encoded]:
     """New load assignments for Services whose EndpointSlices changed, from the last translation's
     cache: the endpoint fast path, which touches nothing else. Returns the re-encoded ones."""
@@ -139,6 +154,30 @@ def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[Endpoin
     return changed
 
 
+def retranslate_ingress(world: World, gateway: GatewaySettings, cache: TranslationCache, ingress: Ingress) -> tuple[Encoded, ...] | None:
+    """The scoped layout's fast path for a changed Ingress that keeps its hosts, backends and
+    clusters and has no certificates: its own route configurations, translated again, are all that
+    can change. `world` is the last full translation's (only Ingresses changed since). Returns
+    None when anything else may depend on the change: the caller then translates the world."""
+    known = cache.ingresses.get(ingress.key)
+    if gateway.route_layout != scopes.SCOPED or known is None:
+        return None
+    before, old = known[0][0], known[1]
+    if not isinstance(before, Ingress) or not old.outcome.programmed or old.outcome.reason:
+        return None  # it was not served cleanly: its change may free or take hosts, or fix it
+    if before.hosts != ingress.hosts or before.creation_timestamp != ingress.creation_timestamp or before.tls or ingress.tls:
+        return None  # host ownership or HTTPS listeners may move
+    plan = _Plan(world, gateway, cache)
+    if plan.https.serves_every_ingress:
+        return None
+    result = plan._translated(ingress)
+    same_shape = [t.name for t, _ in result.tables] == [t.name for t, _ in old.tables] and [s for s, _ in result.scopes] == [s for s, _ in old.scopes]
+    if not result.outcome.programmed or result.backends != old.backends or result.clusters != old.clusters or not same_shape:
+        return None  # its clusters or scopes change
+    cache.ingresses[ingress.key] = plan.ingress_cache[ingress.key]
+    return tuple(encoded for _, encoded in result.tables)
+
+
 class _Plan:
     """The configuration being assembled, one Ingress at a time."""
 
@@ -147,10 +186,12 @@ class _Plan:
         # The legacy KOURIER_EXTAUTHZ_* environment wins over config-kourier's keys, as in Kourier.
         self.kourier = world.kourier if gateway.ext_authz is None else replace(world.kourier, ext_authz=gateway.ext_authz)
         self.ext_authz = self.kourier.ext_authz is not None
+        self.scoped = gateway.route_layout == scopes.SCOPED
         self.outcomes: dict[str, Outcome] = {}
         self.backends: dict[str, _Backend] = {}
         self.external: list[Encoded] = []
-        self.internal: list[Encoded] = [_status_vhost(self.ext_authz)]
+        self.internal: list[Encoded] = [] if self.scoped else [_status_vhost(self.ext_authz)]
+        self.scoped_results: list[_IngressResult] = []
         self.referenced: set[str] = set()
         self.claimed: dict[str, str] = {}
         self.https = HttpsPlan(world.secrets, self.kourier, gateway)
@@ -170,8 +211,11 @@ class _Plan:
             self.backends[name] = backend if existing is None else _Backend(
                 existing.service, existing.port, existing.http2 and backend.http2, existing.upstream_tls and backend.upstream_tls
             )
-        self.external.extend(result.external)
-        self.internal.extend(result.internal)
+        if self.scoped:
+            self.scoped_results.append(result)
+        else:
+            self.external.extend(result.external)
+            self.internal.extend(result.internal)
         self.referenced |= result.clusters
         # A broken certificate takes out the Ingress's HTTPS only; plain HTTP keeps being served.
         problem = self.https.add(ingress, self.gateway.http_option_disabled)
@@ -197,19 +241,30 @@ class _Plan:
         if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
             message = f"system-internal-tls is enabled but {self.upstream_ca[1]}"
             return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
+        if self.scoped and (wildcard := next((h for h in sorted(ingress.hosts) if scopes.unscopable(h)), None)) is not None:
+            message = f"spec.rules[].hosts: {wildcard!r} cannot be routed with --route-layout=scoped (exact hosts only)"
+            return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
         vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled, ext_authz=self.ext_authz)
-        return _IngressResult(
-            Outcome(programmed=True),
-            found,
-            external=tuple(encode(v.name, v) for v in vhosts.external),
-            internal=tuple(encode(v.name, v) for v in vhosts.internal),
-            clusters=vhosts.clusters,
-        )
+        external = tuple(encode(v.name, v) for v in vhosts.external)
+        internal = tuple(encode(v.name, v) for v in vhosts.internal)
+        if not self.scoped:
+            return _IngressResult(Outcome(programmed=True), found, external=external, internal=internal, clusters=vhosts.clusters)
+        tables: list[tuple[RouteTable, Encoded]] = []
+        scoped: list[tuple[Encoded, frozenset[tuple[str, str]]]] = []
+        for table_name, encoded, group in ((names.EXTERNAL_ROUTES, external, vhosts.external), (names.INTERNAL_ROUTES, internal, vhosts.internal)):
+            if not group:
+                continue
+            table = scopes.table(table_name, ingress.key, encoded)
+            tables.append((table, table.encode()))
+            hosts = (d for v in group for d in v.domains if not d.endswith(":*"))
+            asks = frozenset({(ROUTE, table.name)})
+            scoped.extend((scope, asks) for scope in scopes.scopes(table_name, ingress.key, hosts))
+        return _IngressResult(Outcome(programmed=True), found, clusters=vhosts.clusters, tables=tuple(tables), scopes=tuple(scoped))
 
     def build(self) -> GatewayConfig:
         world, https, cache = self.world, self.https, self.cache
         referenced = self.referenced | https.clusters
-        tables = [RouteTable.of(names.EXTERNAL_ROUTES, self.external), RouteTable.of(names.INTERNAL_ROUTES, self.internal)]
+        tables = [] if self.scoped else [RouteTable.of(names.EXTERNAL_ROUTES, self.external), RouteTable.of(names.INTERNAL_ROUTES, self.internal)]
         tables += [RouteTable.of(name, (encode(v.name, v) for v in vhosts)) for name, vhosts in https.route_config_vhosts().items()]
         wanted = sorted((name, b) for name, b in self.backends.items() if name in referenced)
         ca = self.upstream_ca[0] if self.upstream_ca is not None else None
@@ -242,6 +297,19 @@ class _Plan:
             encoded_tables[table.name] = previous if unchanged and previous is not None else (table, table.encode())
         # Keep only what this translation used: memory stays proportional to the world.
         cache.ingresses, cache.clusters, cache.assignments, cache.tables = self.ingress_cache, built_clusters, built_assignments, encoded_tables
+        route_clusters = {t.name: frozenset(referenced) for t in tables}
+        scoped: dict[str, tuple[Encoded, ...]] = {}
+        scope_asks: dict[str, frozenset[tuple[str, str]]] = {}
+        if self.scoped:
+            # Each Ingress's route configurations (cached with its translation) name only its clusters.
+            status_table, status_scope = _status_table(self.ext_authz)
+            owned = [(status_table, frozenset[str]()), *((t, r.clusters) for r in self.scoped_results for t in r.tables)]
+            encoded_tables = {**encoded_tables, **{table.name: (table, e) for (table, e), _ in owned}}
+            route_clusters.update((table.name, used) for (table, _), used in owned)
+            tables += [table for (table, _), _ in owned]
+            all_scopes = [status_scope, *(s for r in self.scoped_results for s in r.scopes)]
+            scoped[SCOPED_ROUTE] = tuple(scope for scope, _ in all_scopes)
+            scope_asks = {scope.name: asks for scope, asks in all_scopes}
         secrets = https.secrets() + ([tls.ca_secret(ca)] if ca and any(b.upstream_tls for _, b in wanted) else [])
         all_listeners = listeners.plain_listeners(self.gateway, self.kourier) + https.listeners()
         services = extensions.service_clusters(self.kourier.ext_authz, self.kourier.tracing)
@@ -249,7 +317,7 @@ class _Plan:
         return GatewayConfig(
             listeners=tuple(all_listeners),
             route_tables=tuple(tables),
-            route_clusters={t.name: frozenset(referenced) for t in tables},
+            route_clusters=route_clusters,
             listener_clusters={lis.name: service_names for lis in all_listeners},
             clusters=(*(c for _, c, _ in built_clusters.values()), *services),
             cluster_needs=needs,
@@ -257,12 +325,14 @@ class _Plan:
             secrets=tuple(secrets),
             outcomes=self.outcomes,
             problems=tuple(https.problems),
+            asks={CLUSTER: needs, LISTENER: {lis.name: listeners.asks(lis) for lis in all_listeners}, SCOPED_ROUTE: scope_asks},
             encoded={
                 CLUSTER: (*(e for _, _, e in built_clusters.values()), *(encode(c.name, c) for c in services)),
                 ENDPOINT: tuple(e for _, _, e in built_assignments.values()),
                 LISTENER: tuple(encode(lis.name, lis) for lis in all_listeners),
                 ROUTE: tuple(e for _, e in encoded_tables.values()),
                 SECRET: tuple(encode(s.name, s) for s in secrets),
+                **scoped,
             },
         )
 

@@ -44,6 +44,11 @@ class HttpsPlan:
             gateway.system_namespace, kourier.cluster_cert_secret, "config-kourier cluster-cert-secret"
         )
 
+    @property
+    def serves_every_ingress(self) -> bool:
+        """A gateway-wide certificate puts every Ingress's hosts on an HTTPS listener."""
+        return bool(self._default_external or self._default_internal)
+
     def _gateway_certificate(self, namespace: str, name: str, setting: str) -> str:
         if not (namespace and name):
             return ""

@@ -16,12 +16,14 @@ from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from kxds.model.config import KourierConfig
 from kxds.settings import GatewaySettings
-from kxds.translate import extensions, names, tls
+from kxds.translate import extensions, names, scopes, tls
 from kxds.translate.clusters import ads_source, packed, tls_socket
+from kxds.xds.type_urls import ROUTE, SECRET
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -42,10 +44,11 @@ def plain_listeners(gateway: GatewaySettings, kourier: KourierConfig) -> list[li
     Proxy protocol, when on, applies to the external listener only: the internal and probe
     listeners are reached directly by pods and the prober, never through a load balancer."""
     ports, addresses = gateway.ports, listen_addresses(gateway, kourier)
+    scoped = gateway.route_layout == scopes.SCOPED
     return [
-        _listener(addresses, ports.external_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=kourier.enable_proxy_protocol),
-        _listener(addresses, ports.internal_http, names.INTERNAL_ROUTES, kourier, proxy_protocol=False),
-        _listener(addresses, ports.probe_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=False),
+        _listener(addresses, ports.external_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=kourier.enable_proxy_protocol, scoped=scoped),
+        _listener(addresses, ports.internal_http, names.INTERNAL_ROUTES, kourier, proxy_protocol=False, scoped=scoped),
+        _listener(addresses, ports.probe_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=False, scoped=scoped),
     ]
 
 
@@ -98,23 +101,20 @@ def _bound(addresses: tuple[str, ...], port: int, proxy_protocol: bool) -> liste
     return listener
 
 
-def _listener(addresses: tuple[str, ...], port: int, route_config: str, kourier: KourierConfig, *, proxy_protocol: bool) -> listener_pb2.Listener:
+def _listener(addresses: tuple[str, ...], port: int, route_config: str, kourier: KourierConfig, *, proxy_protocol: bool,
+              scoped: bool) -> listener_pb2.Listener:
     listener = _bound(addresses, port, proxy_protocol)
-    listener.filter_chains.append(
-        listener_components_pb2.FilterChain(
-            filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=packed(connection_manager(route_config, kourier)))]
-        )
-    )
+    manager = connection_manager(route_config, kourier, scoped=scoped)
+    listener.filter_chains.append(listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=packed(manager))]))
     return listener
 
 
-def connection_manager(route_config: str, kourier: KourierConfig) -> hcm_pb2.HttpConnectionManager:
-    source = ads_source()
-    source.initial_fetch_timeout.CopyFrom(RDS_INITIAL_FETCH_TIMEOUT)
+def connection_manager(route_config: str, kourier: KourierConfig, *, scoped: bool = False) -> hcm_pb2.HttpConnectionManager:
+    """The HTTP connection manager routing with `route_config` (Kourier's layout), or with the
+    scopes of that route table (the scoped layout, translate/scopes.py)."""
     manager = hcm_pb2.HttpConnectionManager(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         stat_prefix="ingress_http",
-        rds=hcm_pb2.Rds(config_source=source, route_config_name=route_config),
         http_filters=[
             *([extensions.ext_authz_filter(kourier.ext_authz)] if kourier.ext_authz else []),
             hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router())),
@@ -123,6 +123,14 @@ def connection_manager(route_config: str, kourier: KourierConfig) -> hcm_pb2.Htt
         use_remote_address=wrappers_pb2.BoolValue(value=kourier.use_remote_address or kourier.enable_proxy_protocol),
         xff_num_trusted_hops=kourier.trusted_hops_count,
     )
+    # A gateway whose routes never come still starts serving (with no routes) after this long.
+    source = ads_source()
+    source.initial_fetch_timeout.CopyFrom(RDS_INITIAL_FETCH_TIMEOUT)
+    if scoped:
+        manager.scoped_routes.CopyFrom(scopes.scoped_routes(route_config, source))
+        manager.early_header_mutation_extensions.append(scopes.listener_mark(route_config))
+    else:
+        manager.rds.CopyFrom(hcm_pb2.Rds(config_source=source, route_config_name=route_config))
     if kourier.tracing is not None:
         manager.tracing.CopyFrom(extensions.tracing(kourier.tracing))
         manager.generate_request_id.value = True
@@ -133,6 +141,21 @@ def connection_manager(route_config: str, kourier: KourierConfig) -> hcm_pb2.Htt
     if kourier.enable_service_access_logging:
         manager.access_log.append(_stdout_access_log(kourier.service_access_log_template))
     return manager
+
+
+def asks(listener: listener_pb2.Listener) -> frozenset[tuple[str, str]]:
+    """(type URL, name) of what a gateway subscribes to once it has this listener: the route
+    configuration each connection manager names over RDS and the certificates of its TLS chains."""
+    out: set[tuple[str, str]] = set()
+    for chain in listener.filter_chains:
+        for network_filter in chain.filters:
+            manager = hcm_pb2.HttpConnectionManager()
+            if network_filter.typed_config.Unpack(manager) and manager.HasField("rds"):
+                out.add((ROUTE, manager.rds.route_config_name))
+        context = tls_pb2.DownstreamTlsContext()
+        if chain.HasField("transport_socket") and chain.transport_socket.typed_config.Unpack(context):
+            out.update((SECRET, c.name) for c in context.common_tls_context.tls_certificate_sds_secret_configs)
+    return frozenset(out)
 
 
 def _stdout_access_log(template: str) -> accesslog_pb2.AccessLog:

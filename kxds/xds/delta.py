@@ -66,7 +66,7 @@ class DeltaStream(SotwStream):
         state.names = frozenset(names)
 
     def _delta_pump(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        out = []
+        out, idle = [], []
         for type_url, state, desired in self._sendable():
             held = state.acked_resources
             # A forced answer to a known subscription re-sends everything (a modified EDS cluster
@@ -79,13 +79,15 @@ class DeltaStream(SotwStream):
             missing = sorted(state.names - self.snapshot.of_type(type_url).keys() - held.keys()) if state.force else []
             complete = self._covers(type_url, state, desired)
             if not (changed or removed or missing or state.force):
-                if complete:
-                    state.applied_serial = self.snapshot.serial
+                if complete and not self._caught_up(type_url):
+                    idle.append(type_url)  # its parents may still catch up in this pump
                 continue
             version = self._version(type_url, desired)
             if version == state.rejected_version:
                 continue
-            out.append(self._delta_respond(type_url, state, version, desired, changed, [*removed, *missing], self.snapshot.serial if complete else -1))
+            out.append(self._delta_respond(type_url, state, version, desired, changed, [*removed, *missing], self._serial_if(complete, type_url)))
+        for type_url in idle:
+            self._caught_up(type_url)
         self._update_synced()
         return out
 

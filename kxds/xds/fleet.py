@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import itertools
 import time
 from collections.abc import Callable
@@ -91,6 +92,8 @@ class Fleet:
             responses = stream.on_delta_snapshot(self.snapshot) if isinstance(stream, DeltaStream) else stream.on_snapshot(self.snapshot)
         else:
             gateway.request_slots.release()
+            if log.is_enabled_for(logging.DEBUG):
+                self._log_request(gateway, item)
             if isinstance(item, discovery_pb2.DeltaDiscoveryRequest):
                 assert isinstance(stream, DeltaStream)
                 responses = stream.on_delta_request(item)
@@ -101,6 +104,16 @@ class Fleet:
             self._record(gateway, event)
         self._notify()
         return responses
+
+    @staticmethod
+    def _log_request(gateway: Gateway, request: Any) -> None:
+        kind = SHORT_NAMES.get(request.type_url, request.type_url)
+        if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
+            log.debug("xds.request", gateway=gateway.id, type=kind, nonce=request.response_nonce, subscribe=list(request.resource_names_subscribe[:20]),
+                      unsubscribe=list(request.resource_names_unsubscribe[:20]), error=request.error_detail.message)
+        else:
+            log.debug("xds.request", gateway=gateway.id, type=kind, nonce=request.response_nonce, names=list(request.resource_names[:20]),
+                      error=request.error_detail.message)
 
     def synced(self, serial: int) -> bool:
         """Has every connected gateway applied snapshot `serial` or newer?"""

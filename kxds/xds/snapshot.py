@@ -16,15 +16,16 @@ from google.protobuf import any_pb2, message
 
 from kxds.translate.encoded import Encoded, content_version
 from kxds.translate.gateway import GatewayConfig
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 
-# ADS order: a resource is sent after everything it depends on (xds-protocol.md §6.4).
-ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# ADS order: a resource is sent after everything it depends on (xds-protocol.md §6.4); scopes
+# before routes, since a gateway asks for a scope's route configuration only once it has the scope.
+ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
 # Types whose responses must hold the full set: a missing resource is a deletion (§2.4).
-FULL_STATE = frozenset({CLUSTER, LISTENER})
+FULL_STATE = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE})
 _EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
-SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", SECRET: "SDS"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +37,8 @@ class Resource:
     # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets;
     # for a listener the clusters its filters call.
     needs: frozenset[tuple[str, str]] = frozenset()
+    # (type URL, name) of what a gateway subscribes to once it has this resource.
+    asks: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
     def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = ()) -> Resource:
@@ -44,8 +47,9 @@ class Resource:
         return cls(name=name, version=content_version(body.value), body=body, needs=frozenset(needs))
 
     @classmethod
-    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = ()) -> Resource:
-        return cls(name=encoded.name, version=encoded.version, body=any_pb2.Any(type_url=type_url, value=encoded.data), needs=frozenset(needs))
+    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = (), asks: Iterable[tuple[str, str]] = ()) -> Resource:
+        body = any_pb2.Any(type_url=type_url, value=encoded.data)
+        return cls(name=encoded.name, version=encoded.version, body=body, needs=frozenset(needs), asks=frozenset(asks))
 
 
 def _entry(name: str, version: str) -> int:
@@ -93,7 +97,7 @@ class Snapshot:
         fold = self._folds.get(type_url)
         for name, encoded in changed.items():
             if name in current:
-                updated[name] = Resource.encoded(type_url, encoded, current[name].needs)
+                updated[name] = Resource.encoded(type_url, encoded, current[name].needs, current[name].asks)
                 if fold is not None:
                     fold ^= _entry(name, current[name].version) ^ _entry(name, encoded.version)
         if fold is not None:
@@ -112,10 +116,12 @@ def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None
     for type_url, encoded in config.encoded.items():
         before = previous.of_type(type_url) if previous is not None else {}
         resources = by_type[type_url] = {}
+        type_needs, type_asks = needs_of.get(type_url, {}), config.asks.get(type_url, {})
         for e in encoded:
-            needs = needs_of.get(type_url, {}).get(e.name, frozenset())
+            needs, asks = type_needs.get(e.name, frozenset()), type_asks.get(e.name, frozenset())
             old = before.get(e.name)
-            resources[e.name] = old if old is not None and old.version == e.version and old.needs == needs else Resource.encoded(type_url, e, needs)
+            reuse = old is not None and old.version == e.version and old.needs == needs and old.asks == asks
+            resources[e.name] = old if reuse and old is not None else Resource.encoded(type_url, e, needs, asks)
     # A type whose resources are all the previous ones keeps the previous mapping and its version.
     kept: dict[str, Mapping[str, Resource]] = {}
     folds: dict[str, int] = {}

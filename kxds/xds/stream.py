@@ -17,12 +17,18 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 WILDCARD = "*"
 # Types whose resources wait for the clusters they name: routes, and listeners calling ext-authz
 # or a tracing collector.
 DEPENDENTS = (LISTENER, ROUTE)
+# Types a gateway asks for by name once it has applied what names them (a listener or scope its
+# route configuration, a cluster its endpoints, either their secrets). Envoy sends those requests
+# before it ACKs the parent, so until the parents are applied the names asked for so far may not
+# be all the snapshot needs. Parents first.
+PARENTS = {CLUSTER: (), LISTENER: (), SCOPED_ROUTE: (LISTENER,), ROUTE: (LISTENER, SCOPED_ROUTE), ENDPOINT: (CLUSTER,),
+           SECRET: (LISTENER, CLUSTER)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,21 @@ class _Response:
     # The snapshot it was built from, if it carries all of that snapshot's resources of its type
     # (not when routes were held back waiting for clusters); -1 otherwise.
     serial: int = -1
+    _asked: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    def asked(self, type_url: str) -> frozenset[str]:
+        """Names of that type these resources make a gateway ask for (computed once)."""
+        key = f"asks {type_url}"
+        if key not in self._asked:
+            self._asked[key] = frozenset(n for r in self.resources.values() for t, n in r.asks if t == type_url)
+        return self._asked[key]
+
+    def needed(self, type_url: str) -> frozenset[str]:
+        """Names of that type these resources need in place (computed once)."""
+        key = f"needs {type_url}"
+        if key not in self._asked:
+            self._asked[key] = frozenset(n for r in self.resources.values() for t, n in r.needs if t == type_url)
+        return self._asked[key]
 
 
 @dataclass(slots=True)
@@ -124,7 +145,7 @@ class SotwStream:
                 self._reject(type_url, state, request.error_detail.message)
             else:
                 self._accept(type_url, state)
-        self._subscribe(state, request.resource_names)
+        self._subscribe(state, request.resource_names, prune=type_url not in FULL_STATE)
         return self._pump()
 
     def on_snapshot(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
@@ -158,13 +179,19 @@ class SotwStream:
         self._events.append(Nacked(type_url, state.rejected_version, message, changed))
 
     @staticmethod
-    def _subscribe(state: TypeState, names: Iterable[str]) -> None:
+    def _subscribe(state: TypeState, names: Iterable[str], *, prune: bool) -> None:
         wanted = set(names)
         explicit = wanted - {WILDCARD}
         # Legacy wildcard: an empty list means "everything" until a name was ever given (§4).
         state.wildcard = WILDCARD in wanted or (not wanted and not state.named_explicitly)
         state.named_explicitly = state.named_explicitly or bool(explicit)
         state.names = frozenset(explicit)
+        if prune and not state.wildcard and state.acked is not None and state.acked.resources.keys() - state.names:
+            # Names no longer asked for are dropped by the gateway (a removed scope's routes): what
+            # it holds no longer keeps their clusters in CDS.
+            # Its version is that of what remains, so asking for a dropped name again is answered.
+            kept = {n: r for n, r in state.acked.resources.items() if n in state.names}
+            state.acked = _Response(set_version(kept), state.acked.nonce, kept, state.acked.serial)
 
     # -- responses -------------------------------------------------------------------------
 
@@ -180,7 +207,7 @@ class SotwStream:
         return self.snapshot.type_version(type_url) if desired is self.snapshot.of_type(type_url) else set_version(desired)
 
     def _pump(self) -> list[discovery_pb2.DiscoveryResponse]:
-        out = []
+        out, idle = [], []
         for type_url, state, desired in self._sendable():
             version = self._version(type_url, desired)
             complete = desired is self.snapshot.of_type(type_url) or self._covers(type_url, state, desired)
@@ -190,14 +217,41 @@ class SotwStream:
                 # A reconnecting gateway already holds exactly this: nothing to resend (§2.1).
                 state.acked = _Response(version, "", desired)
             if self._unchanged(type_url, state, version, desired) and not (state.force and desired):
-                if complete:
-                    state.applied_serial = self.snapshot.serial
+                if complete and not self._caught_up(type_url):
+                    idle.append(type_url)  # its parents may still catch up in this pump
                 continue
             if version == state.rejected_version:
                 continue
-            out.append(self._respond(type_url, state, version, desired, self.snapshot.serial if complete else -1))
+            out.append(self._respond(type_url, state, version, desired, self._serial_if(complete, type_url)))
+        for type_url in idle:
+            self._caught_up(type_url)
         self._update_synced()
         return out
+
+    def _caught_up(self, type_url: str) -> bool:
+        """A type with nothing to send that holds all it asked for holds the current snapshot's
+        resources, once the types naming them do too (PARENTS)."""
+        if self._serial_if(True, type_url) < 0:
+            return False
+        self.types[type_url].applied_serial = self.snapshot.serial
+        return True
+
+    def _serial_if(self, complete: bool, type_url: str) -> int:
+        """The snapshot a response (or silence) brings the gateway up to: the current one if it
+        carries everything asked for, the types naming these resources are current, and the
+        gateway has asked for every resource of this type they name; else -1."""
+        if not complete:
+            return -1
+        child = self.types[type_url]
+        for parent in PARENTS.get(type_url, ()):
+            state = self.types.get(parent)
+            if state is None or not state.requested:
+                continue
+            if state.applied_serial < self.snapshot.serial or state.acked is None:
+                return -1
+            if not child.wildcard and not state.acked.asked(type_url) & self.snapshot.of_type(type_url).keys() <= child.names:
+                return -1  # a delta gateway may ACK the parent before it subscribes to what it names
+        return self.snapshot.serial
 
     @staticmethod
     def _unchanged(type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> bool:
@@ -239,18 +293,22 @@ class SotwStream:
         desired = self._requested(type_url, state)
         if type_url == CLUSTER:
             # Keep every cluster that a route or listener the gateway holds (or is being sent) names.
-            in_use = []
+            named: set[str] = set()
             for dependent in DEPENDENTS:
                 other = self.types.get(dependent, TypeState())
-                in_use += [*other.acked_resources.values(), *(other.pending.resources.values() if other.pending else ())]
+                for response in (other.acked, other.pending):
+                    if response is not None:
+                        named |= response.needed(CLUSTER)
             held = state.acked_resources
-            named = {n for r in in_use for t, n in r.needs if t == CLUSTER}
             kept = {name: held[name] for name in named - desired.keys() if name in held}
             if kept:
                 desired = {**desired, **kept}
         elif type_url in DEPENDENTS:
             held = state.acked_resources
-            waiting = [name for name, resource in desired.items() if not all(self._applied(t, n) for t, n in resource.needs)]
+            # What the gateway already holds at this version had its clusters in place when sent,
+            # and they stay while it names them: only new or changed resources can be waiting.
+            waiting = [name for name, resource in desired.items()
+                       if (name not in held or held[name].version != resource.version) and not all(self._applied(t, n) for t, n in resource.needs)]
             if waiting:
                 # Not yet: keep what the gateway has until its clusters are warm.
                 desired = {n: r for n, r in desired.items() if n not in waiting}
@@ -269,10 +327,10 @@ class SotwStream:
     def _update_synced(self) -> None:
         """The newest snapshot the gateway has applied in full (drives Ingress readiness)."""
         serials = []
-        for type_url in (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        for type_url in ORDER:
             state = self.types.get(type_url)
             if state is None or not state.requested:
-                if type_url not in (ENDPOINT, SECRET):  # no EDS/SDS subscription: nothing of it is wanted
+                if type_url not in (ENDPOINT, SECRET, SCOPED_ROUTE):  # no EDS/SDS/SRDS subscription: nothing of it is wanted
                     return
                 continue
             serials.append(state.applied_serial)

@@ -225,7 +225,7 @@ class Gateway:
         self.log_path = self.workdir / "envoy.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port, **(bootstrap_options or {}))
-        self.process = start_envoy(bootstrap, self.workdir, log=self._log, log_level="info")
+        self.process = start_envoy(bootstrap, self.workdir, log=self._log, log_level=os.environ.get("KXDS_TEST_ENVOY_LOG", "info"))
         wait_until(self.live, timeout=30, what=f"Envoy {name} to go LIVE")
 
     def admin(self, path: str) -> str:
@@ -246,6 +246,15 @@ class Gateway:
             if key == name:
                 return int(value)
         raise KeyError(name)
+
+    def stats_matching(self, pattern: str) -> dict[str, int]:
+        """Every counter or gauge whose name matches the regular expression."""
+        out = {}
+        for line in self.admin(f"/stats?filter={pattern}").splitlines():
+            key, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[key] = int(value)
+        return out
 
     def stop(self) -> None:
         terminate(self.process)

@@ -20,9 +20,11 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (report,) = tmp_path.glob("*.json")
-    sotw, delta, kourier = json.loads(report.read_text())["results"]  # side by side, in one run
-    assert (sotw["mode"], delta["mode"], kourier["mode"]) == ("sotw", "delta", "kourier")
-    for measured in (sotw, delta, kourier):
+    results = json.loads(report.read_text())["results"]  # side by side, in one run
+    assert [r["mode"] for r in results] == ["sotw", "delta", "delta-scoped", "kourier"]
+    for measured in results:
         assert measured["ingresses"] == 20 and measured["ingress_change"]["p50_ms"] > 0 and measured["endpoint_flip"]["max_ms"] > 0
     table = (tmp_path / "latest.md").read_text()
-    assert "| 20 | sotw |" in table and "| 20 | delta |" in table and "| 20 | kourier |" in table
+    for mode in ("sotw", "delta", "delta-scoped", "kourier"):
+        assert f"| 20 | {mode} |" in table
+    assert "20: delta change" in table and "20: delta-scoped change" in table

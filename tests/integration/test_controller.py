@@ -87,3 +87,49 @@ async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_re
     assert changed == {"ns/s2"}
     assert fast.of_type(ROUTE) is before.of_type(ROUTE)  # untouched types are shared, not rebuilt
     assert fast.type_version(ENDPOINT) == set_version(fast.of_type(ENDPOINT)) == full.type_version(ENDPOINT)
+
+
+async def test_an_edited_ingress_takes_the_route_fast_path_in_the_scoped_layout_and_matches_a_full_rebuild() -> None:
+    from tests.builders import backend, ingress, path, rule, split
+    from kxds.translate.scopes import SCOPED
+    from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
+
+    def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
+        return {p[0]: p[1] for p in (parse_object(d, FILTERS) for d in docs) if p is not None}
+
+    def world(marker: str = "0", hosts: tuple[str, ...] = ("h2.example.com",), service: str = "s2") -> list[dict[str, Any]]:
+        docs = [ingress(f"i{n}", rule(list(hosts) if n == 2 else [f"h{n}.example.com"], path(split(service if n == 2 else f"s{n}", Marker=marker if n == 2 else "0"))))
+                for n in range(5)]
+        return docs + [d for n in range(6) for d in backend(f"s{n}", 8000 + n)]
+
+    async def full(docs: list[dict[str, Any]]) -> Snapshot:
+        reference = Controller(Fleet(Snapshot(serial=0, resources={}), Metrics()), GatewaySettings(route_layout=SCOPED), Metrics())
+        reference.apply(parsed(docs))
+        return await reference.rebuild()
+
+    fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
+    controller = Controller(fleet, GatewaySettings(route_layout=SCOPED), Metrics())
+    controller.apply(parsed(world()))
+    before = await controller.rebuild()
+    with structlog.testing.capture_logs() as logs:
+        controller.apply(parsed(world(marker="1")))
+        fast = await controller.rebuild()
+    assert [e["event"] for e in logs] == ["snapshot.routes"]
+    reference = await full(world(marker="1"))
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE):
+        assert {n: r.version for n, r in fast.of_type(type_url).items()} == {n: r.version for n, r in reference.of_type(type_url).items()}
+        assert {n: r.needs for n, r in fast.of_type(type_url).items()} == {n: r.needs for n, r in reference.of_type(type_url).items()}
+    changed = {n for n, r in fast.of_type(ROUTE).items() if before.of_type(ROUTE)[n].version != r.version}
+    assert changed == {"external_services/ns/i2", "internal_services/ns/i2"}
+    # i2 is ready once the gateways apply this snapshot; the others keep the serial they had.
+    assert {k: v.since_serial for k, v in controller._served.items()} == {**{f"ns/i{n}": before.serial for n in range(5)}, "ns/i2": fast.serial}
+
+    # Anything beyond the Ingress's own routes (new hosts, other backends) takes the full rebuild.
+    for edited in (world(marker="1", hosts=("h2.example.com", "extra.example.com")), world(marker="1", service="s5")):
+        with structlog.testing.capture_logs() as logs:
+            controller.apply(parsed(edited))
+            rebuilt = await controller.rebuild()
+        assert [e["event"] for e in logs if e["event"].startswith("snapshot.")] == ["snapshot.built"]
+        reference = await full(edited)
+        for type_url in (CLUSTER, ROUTE, SCOPED_ROUTE):
+            assert {n: r.version for n, r in rebuilt.of_type(type_url).items()} == {n: r.version for n, r in reference.of_type(type_url).items()}

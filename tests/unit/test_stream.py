@@ -295,3 +295,15 @@ def test_eds_and_rds_responses_carry_only_what_changed() -> None:
     # The gateway holds all three at their current versions: nothing more to send, and in sync.
     assert stream.types[ENDPOINT].acked is not None and set(stream.types[ENDPOINT].acked.resources) == {"a", "b", "c"}
     assert stream.synced_serial == stream.snapshot.serial
+
+
+def test_a_name_dropped_and_asked_for_again_is_sent_again() -> None:
+    """A cluster removed and re-added with the same endpoints: Envoy drops the assignment with the
+    cluster and needs it again for the new one, although its content never changed."""
+    stream = xs.SotwStream(snapshot({"a": 1, "b": 2}, ["a", "b"]))
+    converge(stream)
+    eds = stream.types[ENDPOINT]
+    nonce = eds.last_nonce
+    assert stream.on_request(request(ENDPOINT, ["a"], nonce=nonce)) == []  # b's cluster went away
+    (again,) = stream.on_request(request(ENDPOINT, ["a", "b"], nonce=nonce))
+    assert names_in(again) == ["b"]

@@ -1,0 +1,101 @@
+"""The scoped route layout: one route configuration per Ingress and listener, chosen by host.
+
+Kourier's layout puts every vhost in two route configurations, so Envoy re-applies all of them
+(tens of megabytes at 10,000 Ingresses) on any change. Here the plain HTTP listeners use scoped
+routes (SRDS): a scope maps (listener, host) to the route configuration of the Ingress owning the
+host, and an Ingress change re-sends only its own route configurations.
+
+Every scope travels to every listener (Envoy subscribes to SRDS as a wildcard), so the key has two
+fragments: a header the listener sets before routing (early header mutation, overwriting anything a
+client sent) and the `:authority` without its port. The header is removed before going upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, extension_pb2
+from envoy.config.route.v3 import scoped_route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
+
+from kxds.translate.clusters import packed
+from kxds.translate.encoded import Encoded, RouteTable, encode
+
+KOURIER = "kourier"
+SCOPED = "scoped"
+LAYOUTS = (KOURIER, SCOPED)
+
+# Set by the listener on every request (never trusted from the client), read by the scope key.
+LISTENER_HEADER = "x-kxds-listener"
+EARLY_HEADER_MUTATION = "envoy.http.early_header_mutation.header_mutation"
+
+Fragment = hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder
+
+
+def route_config_name(table: str, owner: str) -> str:
+    """`external_services/<namespace>/<name>`: one Ingress's share of a Kourier route table."""
+    return f"{table}/{owner}"
+
+
+def scope_name(table: str, host: str) -> str:
+    return f"{table}/{host}"
+
+
+def unscopable(host: str) -> bool:
+    """A host no exact scope key can match: a rule without hosts, or a wildcard domain."""
+    return host == "*" or host.startswith("*.")
+
+
+def scoped_routes(table: str, source: config_source_pb2.ConfigSource) -> hcm_pb2.ScopedRoutes:
+    """The connection manager's routing: scopes over SRDS, their route configurations over RDS,
+    both from `source` (ADS)."""
+    header = Fragment.HeaderValueExtractor
+    builder = hcm_pb2.ScopedRoutes.ScopeKeyBuilder(
+        fragments=[
+            Fragment(header_value_extractor=header(name=LISTENER_HEADER, index=0)),
+            Fragment(header_value_extractor=header(name=":authority", element_separator=":", index=0)),
+        ]
+    )
+    return hcm_pb2.ScopedRoutes(
+        name=table,
+        scope_key_builder=builder,
+        rds_config_source=source,
+        scoped_rds=hcm_pb2.ScopedRds(scoped_rds_config_source=source),
+    )
+
+
+def listener_mark(table: str) -> extension_pb2.TypedExtensionConfig:
+    """The early header mutation naming the listener's route table, applied before routing."""
+    mutation = header_mutation_pb2.HeaderMutation(
+        mutations=[
+            mutation_rules_pb2.HeaderMutation(
+                append=base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=LISTENER_HEADER, value=table),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            )
+        ]
+    )
+    return extension_pb2.TypedExtensionConfig(name=EARLY_HEADER_MUTATION, typed_config=packed(mutation))
+
+
+def table(table_name: str, owner: str, vhosts: Iterable[Encoded]) -> RouteTable:
+    return RouteTable.of(route_config_name(table_name, owner), vhosts, remove_headers=(LISTENER_HEADER,))
+
+
+def scopes(table_name: str, owner: str, hosts: Iterable[str]) -> tuple[Encoded, ...]:
+    """One scope per host, all naming the owner's route configuration for this table."""
+    route_config = route_config_name(table_name, owner)
+    out = []
+    for host in sorted(set(hosts)):
+        key = scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[
+                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=table_name),
+                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=host),
+            ]
+        )
+        name = scope_name(table_name, host)
+        out.append(encode(name, scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=route_config, key=key)))
+    return tuple(out)
