@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 
 from kxds.xds.snapshot import Resource, Snapshot
 from kxds.xds.stream import WILDCARD, SotwStream, StaleNonce, TypeState, _differing, _Response
@@ -33,7 +32,7 @@ class DeltaStream(SotwStream):
             if claimed:
                 # A reconnecting gateway: what it holds now counts as acknowledged.
                 current = self.snapshot.of_type(type_url)
-                held = {n: current[n] if n in current and current[n].version == v else Resource(name=n, version=v, body=any_pb2.Any())
+                held = {n: current[n] if n in current and current[n].version == v else Resource(name=n, version=v)
                         for n, v in claimed.items()}
                 state.acked = _Response("", "", held)
             else:
@@ -72,7 +71,7 @@ class DeltaStream(SotwStream):
             # A forced answer to a known subscription re-sends everything (a modified EDS cluster
             # warms only on a fresh assignment); otherwise only what is new or changed.
             changed = sorted(desired) if state.force and state.acked is not None else _differing(desired, held)
-            removed = sorted(n for n in held if n not in desired)
+            removed = [] if held is desired else sorted(n for n in held if n not in desired)
             if state.acked is None and not desired and self._requested(type_url, state):
                 continue  # all of it waits for its clusters: say nothing rather than "nothing"
             # Named resources that do not exist: said once, so the gateway need not wait for them.

@@ -64,6 +64,8 @@ Event = Sent | Acked | Nacked | StaleNonce
 
 def _differing(resources: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
     """Names in `resources` that `held` lacks or holds at another version, in name order."""
+    if resources is held:
+        return []  # the very mapping the gateway was sent: the common case, free at any size
     return sorted(n for n, r in resources.items() if n not in held or held[n].version != r.version)
 
 
@@ -111,6 +113,8 @@ class TypeState:
     force: bool = False
     # Newest snapshot whose resources of this type the gateway has applied.
     applied_serial: int = -1
+    # (snapshot mapping, names, whether the names cover all of it): `_requested`'s memo.
+    covered: tuple[Mapping[str, Resource], frozenset[str], bool] | None = None
 
     @property
     def acked_resources(self) -> Mapping[str, Resource]:
@@ -231,9 +235,12 @@ class SotwStream:
     def _caught_up(self, type_url: str) -> bool:
         """A type with nothing to send that holds all it asked for holds the current snapshot's
         resources, once the types naming them do too (PARENTS)."""
+        state = self.types[type_url]
+        if state.applied_serial >= self.snapshot.serial:
+            return True
         if self._serial_if(True, type_url) < 0:
             return False
-        self.types[type_url].applied_serial = self.snapshot.serial
+        state.applied_serial = self.snapshot.serial
         return True
 
     def _serial_if(self, complete: bool, type_url: str) -> int:
@@ -285,7 +292,13 @@ class SotwStream:
         """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
         all of them (no copy), a new dict otherwise."""
         available = self.snapshot.of_type(type_url)
-        if state.wildcard or available.keys() <= state.names:
+        if state.wildcard:
+            return available
+        covered = state.covered
+        if covered is None or covered[0] is not available or covered[1] is not state.names:
+            # Asked for names compared once per snapshot mapping and request, not on every pump.
+            covered = state.covered = (available, state.names, available.keys() <= state.names)
+        if covered[2]:
             return available
         return {n: available[n] for n in state.names if n in available}
 
@@ -307,8 +320,11 @@ class SotwStream:
             held = state.acked_resources
             # What the gateway already holds at this version had its clusters in place when sent,
             # and they stay while it names them: only new or changed resources can be waiting.
-            waiting = [name for name, resource in desired.items()
-                       if (name not in held or held[name].version != resource.version) and not all(self._applied(t, n) for t, n in resource.needs)]
+            waiting = [] if desired is held else [
+                name for name, resource in desired.items()
+                if held.get(name) is not resource and (name not in held or held[name].version != resource.version)
+                and not all(self._applied(t, n) for t, n in resource.needs)
+            ]
             if waiting:
                 # Not yet: keep what the gateway has until its clusters are warm.
                 desired = {n: r for n, r in desired.items() if n not in waiting}
