@@ -41,7 +41,7 @@ def fresh_versions(snapshot: Snapshot) -> Snapshot:
     """Every resource at a new random version: the gateway is sent everything again."""
     stamp = uuid.uuid4().hex[:8]
     resources = {
-        type_url: MappingProxyType({n: Resource(name=n, version=f"{r.version}-{stamp}", body=r.body, needs=r.needs, asks=r.asks) for n, r in of_type.items()})
+        type_url: MappingProxyType({n: Resource(name=n, version=f"{r.version}-{stamp}", type_url=r.type_url, data=r.data, needs=r.needs, asks=r.asks) for n, r in of_type.items()})
         for type_url, of_type in snapshot.resources.items()
     }
     return Snapshot(serial=snapshot.serial, resources=MappingProxyType(resources))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -106,14 +107,15 @@ def _match(path: Path) -> rc.RouteMatch:
     return rc.RouteMatch(prefix=path.path or "/", headers=headers)
 
 
-def _header_options(pairs: Iterable[tuple[str, str]]) -> list[base_pb2.HeaderValueOption]:
+@functools.lru_cache(maxsize=4096)  # an Ingress's rules and probe copies repeat the same headers
+def _header_options(pairs: tuple[tuple[str, str], ...]) -> tuple[base_pb2.HeaderValueOption, ...]:
     # Knative's appendHeaders *set* the header: a client-sent value is replaced (serving#6366).
     # Envoy reads `%` in added header values as a formatter command (%REQ(...)% and the like) and
     # rejects the whole route configuration on a lone one: a literal % is written %%.
-    return [
+    return tuple(
         base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v.replace("%", "%%")), append_action=OVERWRITE)
         for k, v in pairs
-    ]
+    )
 
 
 def _forward_route(name: str, path: Path) -> rc.Route:

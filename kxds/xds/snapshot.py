@@ -32,7 +32,8 @@ SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", S
 class Resource:
     name: str
     version: str
-    body: any_pb2.Any = field(repr=False, compare=False)
+    type_url: str = field(default="", compare=False)
+    data: bytes = field(default=b"", repr=False, compare=False)  # the serialised resource
     # (type URL, name) of what must be applied before this resource is usable: for a route
     # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets;
     # for a listener the clusters its filters call.
@@ -40,16 +41,20 @@ class Resource:
     # (type URL, name) of what a gateway subscribes to once it has this resource.
     asks: frozenset[tuple[str, str]] = frozenset()
 
+    @property
+    def body(self) -> any_pb2.Any:
+        """The resource as it goes on the wire; built when sent, so a snapshot holds bytes only."""
+        return any_pb2.Any(type_url=self.type_url, value=self.data)
+
     @classmethod
     def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = ()) -> Resource:
         body = any_pb2.Any()
         body.Pack(msg, deterministic=True)
-        return cls(name=name, version=content_version(body.value), body=body, needs=frozenset(needs))
+        return cls(name=name, version=content_version(body.value), type_url=body.type_url, data=body.value, needs=frozenset(needs))
 
     @classmethod
     def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = (), asks: Iterable[tuple[str, str]] = ()) -> Resource:
-        body = any_pb2.Any(type_url=type_url, value=encoded.data)
-        return cls(name=encoded.name, version=encoded.version, body=body, needs=frozenset(needs), asks=frozenset(asks))
+        return cls(name=encoded.name, version=encoded.version, type_url=type_url, data=encoded.data, needs=frozenset(needs), asks=frozenset(asks))
 
 
 def _entry(name: str, version: str) -> int:
