@@ -75,29 +75,35 @@ class FileSource:
         self._on_reject = on_reject or (lambda kind: None)
         self._files: dict[Path, dict[ObjectKey, Parsed]] = {}
         self._merged: dict[ObjectKey, Parsed] = {}
+        self._where: dict[ObjectKey, set[Path]] = {}  # the files defining each object
 
     def load(self) -> None:
         """Read everything once (before serving): the source's initial list."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"source directory {self.directory} does not exist")
-        for path in sorted(p for p in self.directory.rglob("*") if p.is_file() and is_source_file(p)):
+        paths = sorted(p for p in self.directory.rglob("*") if p.is_file() and is_source_file(p))
+        for path in paths:
             self._read(path)
-        self._emit()
+        self._emit(paths, set())
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Follow creates, edits, deletes and renames until `stop` is set."""
         async for changes in watchfiles.awatch(
             self.directory, watch_filter=lambda _, p: is_source_file(Path(p)), stop_event=stop, debounce=10, step=5
         ):
+            paths: list[Path] = []
+            before: set[ObjectKey] = set()
             for _, changed in sorted(changes, key=lambda c: c[1]):
                 path = Path(changed)
+                paths.append(path)
+                before |= self._files.get(path, {}).keys()
                 if path.is_file():
                     if not self._read(path, final=False):
                         await self._settle(path)
                         self._read(path)
                 elif self._files.pop(path, None) is not None:
                     log.info("source.file_removed", file=str(path))
-            self._emit()
+            self._emit(paths, before)
 
     @staticmethod
     async def _settle(path: Path) -> None:
@@ -143,16 +149,31 @@ class FileSource:
         self._files[path] = objects
         return True
 
-    def _emit(self) -> None:
-        merged: dict[ObjectKey, Parsed] = {}
-        owner: dict[ObjectKey, Path] = {}
-        for path in sorted(self._files):
-            for key, obj in self._files[path].items():
-                if key in owner:
-                    log.warning("source.duplicate_object", object=str(key), file=str(path), overrides=str(owner[key]))
-                merged[key], owner[key] = obj, path
-        upserts = {k: v for k, v in merged.items() if self._merged.get(k) != v}
-        deletes = [k for k in self._merged if k not in merged]
-        self._merged = merged
+    def _emit(self, paths: list[Path], before: set[ObjectKey]) -> None:
+        """Send what changed in these files: objects they define now or defined before (`before`).
+        Work in proportion to the files that changed, not to every object of the directory."""
+        affected = set(before)
+        for path in paths:
+            now = self._files.get(path, {}).keys()
+            affected |= now
+            for key in before - now:
+                self._where.get(key, set()).discard(path)
+            for key in now:
+                self._where.setdefault(key, set()).add(path)
+        upserts: dict[ObjectKey, Parsed] = {}
+        deletes = []
+        for key in sorted(affected):
+            where = sorted(p for p in self._where.get(key, ()) if key in self._files.get(p, {}))
+            if not where:
+                self._where.pop(key, None)
+                if self._merged.pop(key, None) is not None:
+                    deletes.append(key)
+                continue
+            if len(where) > 1:
+                log.warning("source.duplicate_object", object=str(key), file=str(where[-1]), overrides=str(where[-2]))
+            obj = self._files[where[-1]][key]  # the last file in name order wins
+            known = self._merged.get(key)
+            if known is not obj and known != obj:
+                upserts[key] = self._merged[key] = obj
         if upserts or deletes:
             self._sink(upserts, deletes)

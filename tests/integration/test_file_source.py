@@ -154,3 +154,22 @@ async def test_a_file_emptied_for_good_does_delete_its_objects(live: tuple[Path,
     (directory / "a.yaml").write_text("")
     await recorder.until(lambda: not recorder.names("Ingress"), timeout=5)
     assert set(recorder.deleted) == {ObjectKey("Service", "ns", "svc-a"), ObjectKey("Ingress", "ns", "ing-a")}
+
+
+async def test_an_object_in_two_files_comes_from_the_last_by_name_and_falls_back_when_it_goes(live: tuple[Path, Recorder]) -> None:
+    directory, mirror = live
+
+    def port() -> int | None:
+        found = [o for o in mirror.objects.values() if isinstance(o, Service) and o.name == "svc-a"]
+        return found[0].ports[0].port if found else None
+
+    write(directory / "z.yaml", service("svc-a", port=99))
+    await mirror.until(lambda: port() == 99)  # z.yaml sorts after a.yaml: it wins
+    write(directory / "b.yaml", service("svc-a", port=98))
+    await asyncio.sleep(0.3)
+    assert port() == 99  # b.yaml sorts before z.yaml: no change
+    (directory / "z.yaml").unlink()
+    await mirror.until(lambda: port() == 98)
+    (directory / "b.yaml").unlink()
+    await mirror.until(lambda: port() == 80)  # back to a.yaml's
+    assert all(k.name != "svc-a" for k in mirror.deleted)  # never deleted while some file defines it
