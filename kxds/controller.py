@@ -26,7 +26,7 @@ from kxds.quarantine import ENVOY_REJECTED, Quarantine
 from kxds.settings import GatewaySettings
 from kxds.translate.encoded import Encoded
 from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, retranslate_ingress, translate, update_endpoints
-from kxds.xds.type_urls import ENDPOINT, ROUTE
+from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
 from kxds.xds.fleet import Fleet
 from kxds.xds.stream import Nacked
 from kxds.xds.snapshot import Snapshot, build_snapshot
@@ -209,7 +209,7 @@ class Controller:
             "snapshot.built",
             serial=snapshot.serial,
             ingresses=len(world.ingresses),
-            clusters=len(config.clusters),
+            clusters=len(config.encoded.get(CLUSTER, ())),
             seconds=round(elapsed, 4),
         )
         if not self.primed:

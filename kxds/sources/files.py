@@ -75,7 +75,7 @@ class FileSource:
         self._on_reject = on_reject or (lambda kind: None)
         self._files: dict[Path, dict[ObjectKey, Parsed]] = {}
         self._merged: dict[ObjectKey, Parsed] = {}
-        self._where: dict[ObjectKey, set[Path]] = {}  # the files defining each object
+        self._where: dict[ObjectKey, tuple[Path, ...]] = {}  # the files defining each object
 
     def load(self) -> None:
         """Read everything once (before serving): the source's initial list."""
@@ -157,21 +157,23 @@ class FileSource:
             now = self._files.get(path, {}).keys()
             affected |= now
             for key in before - now:
-                self._where.get(key, set()).discard(path)
+                self._where[key] = tuple(p for p in self._where.get(key, ()) if p != path)
             for key in now:
-                self._where.setdefault(key, set()).add(path)
+                where = self._where.get(key, ())
+                if path not in where:
+                    self._where[key] = (*where, path)
         upserts: dict[ObjectKey, Parsed] = {}
         deletes = []
         for key in sorted(affected):
-            where = sorted(p for p in self._where.get(key, ()) if key in self._files.get(p, {}))
-            if not where:
+            defined = sorted(p for p in self._where.get(key, ()) if key in self._files.get(p, {}))
+            if not defined:
                 self._where.pop(key, None)
                 if self._merged.pop(key, None) is not None:
                     deletes.append(key)
                 continue
-            if len(where) > 1:
-                log.warning("source.duplicate_object", object=str(key), file=str(where[-1]), overrides=str(where[-2]))
-            obj = self._files[where[-1]][key]  # the last file in name order wins
+            if len(defined) > 1:
+                log.warning("source.duplicate_object", object=str(key), file=str(defined[-1]), overrides=str(defined[-2]))
+            obj = self._files[defined[-1]][key]  # the last file in name order wins
             known = self._merged.get(key)
             if known is not obj and known != obj:
                 upserts[key] = self._merged[key] = obj

@@ -50,10 +50,8 @@ class GatewayConfig:
     route_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Listener name → the clusters its filters call (ext-authz, the tracing collector).
     listener_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    clusters: tuple[cluster_pb2.Cluster, ...] = ()
     # Cluster name → (type URL, name) of what it needs first: its EDS assignment, its CA secret.
     cluster_needs: Mapping[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
-    load_assignments: tuple[endpoint_pb2.ClusterLoadAssignment, ...] = ()
     secrets: tuple[tls_pb2.Secret, ...] = ()
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
     # Problems with gateway-wide settings (default certificates), logged by the controller.
@@ -68,6 +66,15 @@ class GatewayConfig:
     @property
     def route_configs(self) -> tuple[route_pb2.RouteConfiguration, ...]:
         return tuple(t.message() for t in self.route_tables)
+
+    # Decoded on demand (render, tests): the serving path keeps only the encoded bytes.
+    @property
+    def clusters(self) -> tuple[cluster_pb2.Cluster, ...]:
+        return tuple(cluster_pb2.Cluster.FromString(e.data) for e in self.encoded.get(CLUSTER, ()))
+
+    @property
+    def load_assignments(self) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+        return tuple(endpoint_pb2.ClusterLoadAssignment.FromString(e.data) for e in self.encoded.get(ENDPOINT, ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +106,8 @@ class TranslationCache:
     def __init__(self) -> None:
         self.ingresses: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
         # Keyed by cluster name; each entry keeps the inputs it was built from.
-        self.clusters: dict[str, tuple[tuple[object, ...], cluster_pb2.Cluster, Encoded]] = {}
-        self.assignments: dict[str, tuple[tuple[object, ...], endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
+        self.clusters: dict[str, tuple[tuple[object, ...], Encoded]] = {}
+        self.assignments: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         self.tables: dict[str, tuple[RouteTable, Encoded]] = {}
 
 
@@ -147,9 +154,8 @@ def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[Endpoin
         if _same(known[0], inputs):
             continue
         assert isinstance(service, Service) and isinstance(port, ServicePort)
-        assignment = clusters.load_assignment(service, port, service_slices)
-        encoded = encode(name, assignment)
-        cache.assignments[name] = (inputs, assignment, encoded)
+        encoded = encode(name, clusters.load_assignment(service, port, service_slices))
+        cache.assignments[name] = (inputs, encoded)
         changed.append(encoded)
     return changed
 
@@ -269,16 +275,15 @@ class _Plan:
         wanted = sorted((name, b) for name, b in self.backends.items() if name in referenced)
         ca = self.upstream_ca[0] if self.upstream_ca is not None else None
         needs: dict[str, frozenset[tuple[str, str]]] = {}
-        built_clusters: dict[str, tuple[tuple[object, ...], cluster_pb2.Cluster, Encoded]] = {}
-        built_assignments: dict[str, tuple[tuple[object, ...], endpoint_pb2.ClusterLoadAssignment, Encoded]] = {}
+        built_clusters: dict[str, tuple[tuple[object, ...], Encoded]] = {}
+        built_assignments: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         for name, b in wanted:
             ca_name = tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
             inputs: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
             cached = cache.clusters.get(name)
             if cached is None or not _same(cached[0], inputs):
                 context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
-                built = clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)
-                cached = (inputs, built, encode(name, built))
+                cached = (inputs, encode(name, clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)))
             built_clusters[name] = cached
             eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
             needs[name] = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
@@ -287,8 +292,7 @@ class _Plan:
                 assignment_inputs: tuple[object, ...] = (b.service, b.port, *slices)
                 known = cache.assignments.get(name)
                 if known is None or not _same(known[0], assignment_inputs):
-                    assignment = clusters.load_assignment(b.service, b.port, slices)
-                    known = (assignment_inputs, assignment, encode(name, assignment))
+                    known = (assignment_inputs, encode(name, clusters.load_assignment(b.service, b.port, slices)))
                 built_assignments[name] = known
         encoded_tables = {}
         for table in tables:
@@ -319,16 +323,14 @@ class _Plan:
             route_tables=tuple(tables),
             route_clusters=route_clusters,
             listener_clusters={lis.name: service_names for lis in all_listeners},
-            clusters=(*(c for _, c, _ in built_clusters.values()), *services),
             cluster_needs=needs,
-            load_assignments=tuple(a for _, a, _ in built_assignments.values()),
             secrets=tuple(secrets),
             outcomes=self.outcomes,
             problems=tuple(https.problems),
             asks={CLUSTER: needs, LISTENER: {lis.name: listeners.asks(lis) for lis in all_listeners}, SCOPED_ROUTE: scope_asks},
             encoded={
-                CLUSTER: (*(e for _, _, e in built_clusters.values()), *(encode(c.name, c) for c in services)),
-                ENDPOINT: tuple(e for _, _, e in built_assignments.values()),
+                CLUSTER: (*(e for _, e in built_clusters.values()), *(encode(c.name, c) for c in services)),
+                ENDPOINT: tuple(e for _, e in built_assignments.values()),
                 LISTENER: tuple(encode(lis.name, lis) for lis in all_listeners),
                 ROUTE: tuple(e for _, e in encoded_tables.values()),
                 SECRET: tuple(encode(s.name, s) for s in secrets),

@@ -130,6 +130,8 @@ class SotwStream:
     types: dict[str, TypeState] = field(default_factory=dict)
     _nonce: int = 0
     _events: list[Event] = field(default_factory=list)
+    # (type URL, id of a response's asked names) → (those names, the names asked for, covered?).
+    _asked_memo: dict[tuple[str, int], tuple[frozenset[str], frozenset[str], bool]] = field(default_factory=dict)
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if self.node is None and request.HasField("node"):
@@ -256,7 +258,7 @@ class SotwStream:
                 continue
             if state.applied_serial < self.snapshot.serial or state.acked is None:
                 return -1
-            if not child.wildcard and not state.acked.asked(type_url) & self.snapshot.of_type(type_url).keys() <= child.names:
+            if not child.wildcard and not self._asked_for(type_url, state.acked, child):
                 return -1  # a delta gateway may ACK the parent before it subscribes to what it names
         return self.snapshot.serial
 
@@ -288,6 +290,18 @@ class SotwStream:
         self._events.append(Sent(type_url, version, nonce, count))
         return nonce
 
+    def _asked_for(self, type_url: str, parent: _Response, child: TypeState) -> bool:
+        """Has the gateway asked for every resource of the snapshot that `parent` names? Memoised
+        on the objects compared (all immutable), so it is computed once per change."""
+        asked, names = parent.asked(type_url), child.names
+        memo = self._asked_memo.get((type_url, id(asked)))
+        if memo is None or memo[0] is not asked or memo[1] is not names:
+            if len(self._asked_memo) > 8:
+                self._asked_memo.clear()  # entries of responses long replaced: keep none alive
+            # Usually every name it names is asked for; else only those the snapshot has count.
+            memo = self._asked_memo[(type_url, id(asked))] = (asked, names, asked <= names)
+        return memo[2] or asked & self.snapshot.of_type(type_url).keys() <= names
+
     def _requested(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
         all of them (no copy), a new dict otherwise."""
@@ -306,16 +320,17 @@ class SotwStream:
         desired = self._requested(type_url, state)
         if type_url == CLUSTER:
             # Keep every cluster that a route or listener the gateway holds (or is being sent) names.
-            named: set[str] = set()
-            for dependent in DEPENDENTS:
-                other = self.types.get(dependent, TypeState())
-                for response in (other.acked, other.pending):
-                    if response is not None:
-                        named |= response.needed(CLUSTER)
             held = state.acked_resources
-            kept = {name: held[name] for name in named - desired.keys() if name in held}
-            if kept:
-                desired = {**desired, **kept}
+            if held is not desired and not held.keys() <= desired.keys():  # some cluster is on its way out
+                named: set[str] = set()
+                for dependent in DEPENDENTS:
+                    other = self.types.get(dependent, TypeState())
+                    for response in (other.acked, other.pending):
+                        if response is not None:
+                            named |= response.needed(CLUSTER)
+                kept = {name: held[name] for name in named - desired.keys() if name in held}
+                if kept:
+                    desired = {**desired, **kept}
         elif type_url in DEPENDENTS:
             held = state.acked_resources
             # What the gateway already holds at this version had its clusters in place when sent,

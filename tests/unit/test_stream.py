@@ -36,9 +36,7 @@ def snapshot(clusters: dict[str, int], routes_to: list[str], listener_port: int 
     listener = listener_pb2.Listener(name="listener", address={"socket_address": {"port_value": listener_port}})
     config = GatewayConfig(
         route_clusters={"r": frozenset(routes_to)},
-        clusters=tuple(cds),
         cluster_needs={name: frozenset({(ENDPOINT, name)}) for name in clusters},
-        load_assignments=tuple(eds),
         encoded={
             CLUSTER: tuple(encode(c.name, c) for c in cds),
             ENDPOINT: tuple(encode(a.cluster_name, a) for a in eds),
