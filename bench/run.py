@@ -6,7 +6,8 @@ For each N it measures: cold start (process start → primed and serving; the tr
 snapshot part alone from kxds's own log), the time until Envoy has every Ingress (every Ingress
 ACKed, and spot-checked with requests), a single Ingress change until a request through Envoy sees
 the new header, an endpoint flip until traffic reaches the new endpoint (both p50/p95/max), kxds
-CPU time per change, kxds RSS and Envoy's heap. Results go to bench/results/ as JSON and Markdown.
+CPU time per change, kxds RSS and Envoy's heap. Results go to bench/results/ as JSON, Markdown
+and a PNG plot (bench/plot.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from typing import Any
 import yaml
 
 from bench.generate import endpoint_slice, host, ingress, revision_objects
+from bench.plot import plot
 from kxds.bootstrap import render_bootstrap
 from kxds.envoy_process import start_envoy
 # The e2e tests' real loopback parts: echo backends in a thread, free ports.
@@ -197,8 +200,8 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     for r in results:
         by_size.setdefault(r["ingresses"], {})[r.get("mode", "sotw")] = r
     ratios = [
-        f"{n:,}: {delta} change {m[delta]['ingress_change']['p95_ms'] / m['kourier']['ingress_change']['p95_ms']:.2f}, "
-        f"endpoint flip {m[delta]['endpoint_flip']['p95_ms'] / m['kourier']['endpoint_flip']['p95_ms']:.2f}"
+        f"{n:,}: {delta} change {m[delta]['ingress_change']['p95_ms'] / m['kourier']['ingress_change']['p95_ms']:.3f}, "
+        f"endpoint flip {m[delta]['endpoint_flip']['p95_ms'] / m['kourier']['endpoint_flip']['p95_ms']:.3f}"
         for n, m in by_size.items() for delta in ("delta", "delta-scoped") if delta in m and "kourier" in m
     ]
     if ratios:
@@ -235,6 +238,8 @@ def main() -> int:
     (args.results / f"{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
     table = markdown(results, command)
     (args.results / "latest.md").write_text(table)
+    plot(results, args.results / f"{stamp}.png", command)
+    shutil.copyfile(args.results / f"{stamp}.png", args.results / "latest.png")
     print(table)
     return 0
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from envoy.service.discovery.v3 import discovery_pb2
 
 from kxds.xds.snapshot import Resource, Snapshot
-from kxds.xds.stream import WILDCARD, SotwStream, StaleNonce, TypeState, _differing, _Response
+from kxds.xds.stream import WILDCARD, SotwStream, StaleNonce, TypeState, _Response
 
 
 @dataclass(slots=True)
@@ -70,7 +70,7 @@ class DeltaStream(SotwStream):
             held = state.acked_resources
             # A forced answer to a known subscription re-sends everything (a modified EDS cluster
             # warms only on a fresh assignment); otherwise only what is new or changed.
-            changed = sorted(desired) if state.force and state.acked is not None else _differing(desired, held)
+            changed = sorted(desired) if state.force and state.acked is not None else self._diff(type_url, desired, held)
             removed = [] if held is desired else sorted(n for n in held if n not in desired)
             if state.acked is None and not desired and self._requested(type_url, state):
                 continue  # all of it waits for its clusters: say nothing rather than "nothing"

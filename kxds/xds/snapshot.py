@@ -84,6 +84,14 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, Resource]]  # type URL → name → resource
     # Type URL → folded version of all its resources, filled on first use or carried over.
     _folds: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    # Type URL → (an earlier mapping of that type, the names changed since): lets a stream that
+    # holds that mapping find what to send without comparing every resource.
+    _changes: dict[str, tuple[Mapping[str, Resource], frozenset[str]]] = field(default_factory=dict, compare=False, repr=False)
+
+    def changed_since(self, type_url: str, held: Mapping[str, Resource]) -> frozenset[str] | None:
+        """Names of this type that may differ from `held`, if known cheaply; None otherwise."""
+        change = self._changes.get(type_url)
+        return change[1] if change is not None and change[0] is held else None
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, _EMPTY)
@@ -108,7 +116,9 @@ class Snapshot:
         if fold is not None:
             folds[type_url] = fold
         resources = MappingProxyType({**self.resources, type_url: MappingProxyType(updated)})
-        return Snapshot(serial=serial, resources=resources, _folds=folds)
+        changes = {t: c for t, c in self._changes.items() if t != type_url}
+        changes[type_url] = (current, frozenset(n for n in changed if n in current))
+        return Snapshot(serial=serial, resources=resources, _folds=folds, _changes=changes)
 
 
 def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None = None) -> Snapshot:

@@ -262,22 +262,21 @@ class SotwStream:
                 return -1  # a delta gateway may ACK the parent before it subscribes to what it names
         return self.snapshot.serial
 
-    @staticmethod
-    def _unchanged(type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> bool:
+    def _unchanged(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource]) -> bool:
         if state.acked is not None and state.acked.version == version:
             return True  # same content
         if type_url in FULL_STATE:
             return False
         # RDS/EDS: a resource left out of a response is not deleted (§2.4), so only a new or
         # changed resource is worth a response.
-        return not _differing(desired, state.acked_resources)
+        return not self._diff(type_url, desired, state.acked_resources)
 
     def _respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int) -> discovery_pb2.DiscoveryResponse:
         sent = sorted(desired)
         if type_url not in FULL_STATE and not state.force:
             # RDS/EDS: Envoy updates only the watches whose resources a response carries and keeps
             # the others (xds-protocol.md §2.4), so an endpoint flip is one assignment on the wire.
-            sent = _differing(desired, state.acked_resources)
+            sent = self._diff(type_url, desired, state.acked_resources)
         nonce = self._sending(type_url, state, version, desired, serial, len(sent))
         return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[desired[n].body for n in sent])
 
@@ -289,6 +288,14 @@ class SotwStream:
         state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
         self._events.append(Sent(type_url, version, nonce, count))
         return nonce
+
+    def _diff(self, type_url: str, desired: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
+        """`_differing(desired, held)`, in proportion to what changed when the snapshot knows it."""
+        if desired is self.snapshot.of_type(type_url):
+            changed = self.snapshot.changed_since(type_url, held)
+            if changed is not None:
+                return sorted(n for n in changed if n not in held or held[n].version != desired[n].version)
+        return _differing(desired, held)
 
     def _asked_for(self, type_url: str, parent: _Response, child: TypeState) -> bool:
         """Has the gateway asked for every resource of the snapshot that `parent` names? Memoised
@@ -335,11 +342,7 @@ class SotwStream:
             held = state.acked_resources
             # What the gateway already holds at this version had its clusters in place when sent,
             # and they stay while it names them: only new or changed resources can be waiting.
-            waiting = [] if desired is held else [
-                name for name, resource in desired.items()
-                if held.get(name) is not resource and (name not in held or held[name].version != resource.version)
-                and not all(self._applied(t, n) for t, n in resource.needs)
-            ]
+            waiting = [name for name in self._diff(type_url, desired, held) if not all(self._applied(t, n) for t, n in desired[name].needs)]
             if waiting:
                 # Not yet: keep what the gateway has until its clusters are warm.
                 desired = {n: r for n, r in desired.items() if n not in waiting}

@@ -305,3 +305,18 @@ def test_a_name_dropped_and_asked_for_again_is_sent_again() -> None:
     assert stream.on_request(request(ENDPOINT, ["a"], nonce=nonce)) == []  # b's cluster went away
     (again,) = stream.on_request(request(ENDPOINT, ["a", "b"], nonce=nonce))
     assert names_in(again) == ["b"]
+
+
+def test_a_patched_snapshot_knows_what_changed_since_the_mapping_it_patched() -> None:
+    first = snapshot({"a": 1, "b": 2}, ["a", "b"])
+    held = first.of_type(ENDPOINT)
+    moved = endpoint_pb2.ClusterLoadAssignment(cluster_name="b")
+    moved.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = 3
+    second = first.with_resources(first.serial + 1, ENDPOINT, {"b": encode("b", moved)})
+    assert second.changed_since(ENDPOINT, held) == {"b"}
+    assert second.changed_since(ENDPOINT, {**held}) is None  # another mapping: unknown, compare all
+    assert second.changed_since(CLUSTER, first.of_type(CLUSTER)) is None
+    stream = xs.SotwStream(first)
+    converge(stream)
+    (eds,) = stream.on_snapshot(second)
+    assert names_in(eds) == ["b"]
