@@ -28,3 +28,5 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     for mode in ("sotw", "delta", "delta-scoped", "kourier"):
         assert f"| 20 | {mode} |" in table
     assert "20: delta change" in table and "20: delta-scoped change" in table
+    (png,) = tmp_path.glob("2*.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "latest.png").read_bytes() == png.read_bytes()
