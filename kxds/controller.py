@@ -256,13 +256,7 @@ class Controller:
             if before is None or before.hash != ingress.hash:
                 self._served[ingress.key] = _Served(ingress.hash, Outcome(programmed=True), self._serial)
         self._ingresses_changed = {}
-        snapshot = self._fleet.snapshot.with_resources(self._serial, ROUTE, tables)
-        self._publish(snapshot)
-        elapsed = time.perf_counter() - started
-        self._metrics.build_seconds.observe(elapsed)
-        log.info("snapshot.routes", serial=snapshot.serial, route_configurations=len(tables), seconds=round(elapsed, 4))
-        self._signal_rebuilt()
-        return snapshot
+        return self._publish_patch(ROUTE, tables, started, "snapshot.routes", route_configurations=len(tables))
 
     def _rebuild_endpoints(self) -> Snapshot:
         """Only EndpointSlices changed: new load assignments for those Services, nothing else.
@@ -274,11 +268,15 @@ class Controller:
         slices = {s: tuple(sorted(self._slices.get(s, {}).values(), key=lambda e: e.name)) for s in services}
         changed = update_endpoints(self._cache, slices)
         self._serial += 1
-        snapshot = self._fleet.snapshot.with_resources(self._serial, ENDPOINT, {e.name: e for e in changed})
+        return self._publish_patch(ENDPOINT, {e.name: e for e in changed}, started, "snapshot.endpoints", assignments=len(changed))
+
+    def _publish_patch(self, type_url: str, changed: Mapping[str, Encoded], started: float, event: str, **counts: int) -> Snapshot:
+        """A fast path's result: the previous snapshot with these resources replaced, as `self._serial`."""
+        snapshot = self._fleet.snapshot.with_resources(self._serial, type_url, changed)
         self._publish(snapshot)
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
-        log.info("snapshot.endpoints", serial=snapshot.serial, assignments=len(changed), seconds=round(elapsed, 4))
+        log.info(event, serial=snapshot.serial, **counts, seconds=round(elapsed, 4))
         self._signal_rebuilt()
         return snapshot
 
