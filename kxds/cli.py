@@ -13,7 +13,8 @@ from typing import Any
 
 from kxds.model.config import ExtAuthzConfig, parse_ext_authz
 from kxds.model.errors import FieldError
-from kxds.settings import DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, GatewaySettings, KubernetesSettings, Ports, Settings, XdsTls
+from kxds.settings import (DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, KOURIER_LAYOUT, ROUTE_LAYOUTS, GatewaySettings, KubernetesSettings, Ports,
+                           Settings, XdsTls)
 
 
 def _env_name(flag: str) -> str:
@@ -42,7 +43,7 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
         attribute = name.replace("-", "_")
         _flag(parser, f"--{name}-port", type=int, default=getattr(ports, attribute), help=f"gateway {name.replace('-', ' ')} port")
     _flag(parser, "--ingress-class", default=DEFAULT_INGRESS_CLASS, help="serve only Ingresses of this class")
-    _flag(parser, "--route-layout", default="kourier", choices=["kourier", "scoped"],
+    _flag(parser, "--route-layout", default=KOURIER_LAYOUT, choices=ROUTE_LAYOUTS,
           help="kourier: two route configurations with every host (Kourier's names); scoped: one per Ingress, chosen by host (scales)")
     _flag(parser, "--system-namespace", default=os.environ.get("SYSTEM_NAMESPACE", "knative-serving"), help="namespace of config-kourier and config-network")
 
@@ -122,6 +123,8 @@ def _as_int(value: Any) -> int:
 
 
 def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    if args.route_layout not in ROUTE_LAYOUTS:  # argparse checks choices on the command line, not KXDS_* defaults
+        raise SystemExit(f"kxds: --route-layout (or KXDS_ROUTE_LAYOUT): {args.route_layout!r} is not one of {', '.join(ROUTE_LAYOUTS)}")
     return GatewaySettings(
         listen_address=args.listen_address,
         ports=Ports(

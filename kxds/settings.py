@@ -10,6 +10,11 @@ from kxds.model.config import ExtAuthzConfig
 DEFAULT_INGRESS_CLASS = "kourier.ingress.networking.knative.dev"
 DEFAULT_NODE_ID = "3scale-kourier-gateway"
 DEFAULT_NODE_CLUSTER = "kourier-knative"
+# Route layouts (GatewaySettings.route_layout): Kourier's two route configurations, or one per
+# Ingress behind scoped routes (translate/scopes.py).
+KOURIER_LAYOUT = "kourier"
+SCOPED_LAYOUT = "scoped"
+ROUTE_LAYOUTS = (KOURIER_LAYOUT, SCOPED_LAYOUT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +46,7 @@ class GatewaySettings:
     ext_authz: ExtAuthzConfig | None = None
     # "kourier": Kourier's two route configurations holding every vhost (the contract dashboards
     # know); "scoped": one route configuration per Ingress, chosen by host (translate/scopes.py).
-    route_layout: str = "kourier"
+    route_layout: str = KOURIER_LAYOUT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

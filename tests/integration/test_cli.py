@@ -39,6 +39,14 @@ def test_httpoption_disabled_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.http_option_disabled
 
 
+def test_route_layout_from_flag_or_environment_and_a_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.route_layout == "kourier"
+    monkeypatch.setenv("KXDS_ROUTE_LAYOUT", "scoped")
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.route_layout == "scoped"
+    result = kxds("serve", "--source", "x", env={"KXDS_ROUTE_LAYOUT": "sharded"})
+    assert result.returncode == 1 and "KXDS_ROUTE_LAYOUT): 'sharded' is not one of kourier, scoped" in result.stderr
+
+
 def test_missing_source_is_a_usage_error() -> None:
     result = kxds("serve")
     assert result.returncode == 1 and "give --source DIR, or --kubernetes" in result.stderr
