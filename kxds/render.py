@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from envoy.config.route.v3 import scoped_route_pb2
 from google.protobuf import json_format, message
 
 from kxds.controller import build_world
@@ -13,6 +14,7 @@ from kxds.model.objects import Filters, ObjectKey, Parsed
 from kxds.settings import GatewaySettings
 from kxds.sources.files import FileSource
 from kxds.translate.gateway import translate
+from kxds.xds.type_urls import SCOPED_ROUTE
 
 
 def render(source: Path, gateway: GatewaySettings, ingress_class: str, system_namespace: str) -> dict[str, Any]:
@@ -26,6 +28,8 @@ def render(source: Path, gateway: GatewaySettings, ingress_class: str, system_na
     return {
         "listeners": _dicts(config.listeners),
         "routes": _dicts(config.route_configs),
+        # The scoped layout's scopes ((listener, host) → route configuration); empty in Kourier's.
+        "scoped_routes": _dicts(scoped_route_pb2.ScopedRouteConfiguration.FromString(e.data) for e in config.encoded.get(SCOPED_ROUTE, ())),
         "clusters": _dicts(config.clusters),
         "endpoints": _dicts(config.load_assignments),
         "secrets": [_redacted(s) for s in _dicts(config.secrets)],

@@ -58,6 +58,10 @@ def test_render_prints_the_resources_as_json() -> None:
     rendered = json.loads(result.stdout)
     assert [r["name"] for r in rendered["routes"]] == ["external_services", "internal_services"]
     assert rendered["ingresses"] == {"default/hello": {"programmed": True, "reason": "", "message": ""}}
+    assert rendered["scoped_routes"] == []
+    scoped = json.loads(kxds("render", "--source", str(ROOT / "examples"), "--route-layout", "scoped").stdout)
+    assert sorted(r["name"] for r in scoped["routes"]) == ["external_services/default/hello", "internal_services/default/hello", "internal_services/internalkourier"]
+    assert {s["route_configuration_name"] for s in scoped["scoped_routes"]} == {r["name"] for r in scoped["routes"]}
 
 
 @pytest.mark.parametrize("xds_address", ["127.0.0.1:18000", "net-kourier-controller.knative-serving:18000"])
