@@ -58,6 +58,8 @@ def test_hosts_reach_their_ingress_on_their_listeners_only(scoped: Stack) -> Non
     for claimed in ((), (f"{LISTENER_HEADER}: internal_services",)):
         assert curl(ports.external, "a.ns.svc.cluster.local", headers=claimed).status == 404
     assert curl(ports.external, "unknown.example.com").status == 404
+    # Scope keys are exact: unlike vhost domains, a host differing in case is not matched (README).
+    assert curl(ports.external, "a.example.com", headers=("Host: A.Example.com",)).status == 404
     # The gateway's own readiness route lives in its own scope on the internal listener.
     assert curl(ports.internal, "internalkourier", path="/ready").status == 200
 
