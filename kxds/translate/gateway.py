@@ -96,7 +96,7 @@ class _IngressResult:
     clusters: frozenset[str] = frozenset()
     # The scoped layout: this Ingress's own route configurations and the scopes naming them.
     tables: tuple[tuple[RouteTable, Encoded], ...] = ()
-    scopes: tuple[tuple[Encoded, frozenset[tuple[str, str]]], ...] = ()  # each with the route configuration it names
+    scopes: tuple[scopes.Scope, ...] = ()
 
 
 class TranslationCache:
@@ -134,11 +134,11 @@ def _status_vhost(ext_authz: bool) -> Encoded:
 
 
 @functools.cache
-def _status_table(ext_authz: bool) -> tuple[tuple[RouteTable, Encoded], tuple[Encoded, frozenset[tuple[str, str]]]]:
+def _status_table(ext_authz: bool) -> tuple[tuple[RouteTable, Encoded], scopes.Scope]:
     """The scoped layout's `internalkourier` route configuration and its one scope."""
     table = scopes.table(names.INTERNAL_ROUTES, names.STATUS_VHOST, [_status_vhost(ext_authz)])
     (scope,) = scopes.scopes(names.INTERNAL_ROUTES, names.STATUS_VHOST, [names.STATUS_VHOST])
-    return (table, table.encode()), (scope, frozenset({(ROUTE, table.name)}))
+    return (table, table.encode()), scope
 
 
 def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[EndpointSlice, ...]]) -> list[Encoded]:
@@ -256,15 +256,14 @@ class _Plan:
         if not self.scoped:
             return _IngressResult(Outcome(programmed=True), found, external=external, internal=internal, clusters=vhosts.clusters)
         tables: list[tuple[RouteTable, Encoded]] = []
-        scoped: list[tuple[Encoded, frozenset[tuple[str, str]]]] = []
+        scoped: list[scopes.Scope] = []
         for table_name, encoded, group in ((names.EXTERNAL_ROUTES, external, vhosts.external), (names.INTERNAL_ROUTES, internal, vhosts.internal)):
             if not group:
                 continue
             table = scopes.table(table_name, ingress.key, encoded)
             tables.append((table, table.encode()))
             hosts = (d for v in group for d in v.domains if not d.endswith(":*"))
-            asks = frozenset({(ROUTE, table.name)})
-            scoped.extend((scope, asks) for scope in scopes.scopes(table_name, ingress.key, hosts))
+            scoped.extend(scopes.scopes(table_name, ingress.key, hosts))
         return _IngressResult(Outcome(programmed=True), found, clusters=vhosts.clusters, tables=tuple(tables), scopes=tuple(scoped))
 
     def build(self) -> GatewayConfig:

@@ -23,6 +23,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from kxds.settings import SCOPED_LAYOUT
 from kxds.translate.clusters import packed
 from kxds.translate.encoded import Encoded, RouteTable, encode
+from kxds.xds.type_urls import ROUTE
 
 SCOPED = SCOPED_LAYOUT
 
@@ -84,9 +85,14 @@ def table(table_name: str, owner: str, vhosts: Iterable[Encoded]) -> RouteTable:
     return RouteTable.of(route_config_name(table_name, owner), vhosts, remove_headers=(LISTENER_HEADER,))
 
 
-def scopes(table_name: str, owner: str, hosts: Iterable[str]) -> tuple[Encoded, ...]:
+# A scope with what a gateway asks for once it holds it: the route configuration it names.
+Scope = tuple[Encoded, frozenset[tuple[str, str]]]
+
+
+def scopes(table_name: str, owner: str, hosts: Iterable[str]) -> tuple[Scope, ...]:
     """One scope per host, all naming the owner's route configuration for this table."""
     route_config = route_config_name(table_name, owner)
+    asks = frozenset({(ROUTE, route_config)})
     out = []
     for host in sorted(set(hosts)):
         key = scoped_route_pb2.ScopedRouteConfiguration.Key(
@@ -96,5 +102,5 @@ def scopes(table_name: str, owner: str, hosts: Iterable[str]) -> tuple[Encoded, 
             ]
         )
         name = scope_name(table_name, host)
-        out.append(encode(name, scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=route_config, key=key)))
+        out.append((encode(name, scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=route_config, key=key)), asks))
     return tuple(out)

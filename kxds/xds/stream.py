@@ -24,9 +24,10 @@ WILDCARD = "*"
 # or a tracing collector.
 DEPENDENTS = (LISTENER, ROUTE)
 # Types a gateway asks for by name once it has applied what names them (a listener or scope its
-# route configuration, a cluster its endpoints, either their secrets). Envoy sends those requests
-# before it ACKs the parent, so until the parents are applied the names asked for so far may not
-# be all the snapshot needs. Parents first.
+# route configuration, a cluster its endpoints, either their secrets). Until the parents are
+# applied, and every name they carry (`Resource.asks`) is asked for, the names asked for so far
+# may not be all the snapshot needs: a delta client even ACKs a parent before subscribing to what
+# it names. Parents first.
 PARENTS = {CLUSTER: (), LISTENER: (), SCOPED_ROUTE: (LISTENER,), ROUTE: (LISTENER, SCOPED_ROUTE), ENDPOINT: (CLUSTER,),
            SECRET: (LISTENER, CLUSTER)}
 
@@ -77,21 +78,21 @@ class _Response:
     # The snapshot it was built from, if it carries all of that snapshot's resources of its type
     # (not when routes were held back waiting for clusters); -1 otherwise.
     serial: int = -1
-    _asked: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    _named: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def asked(self, type_url: str) -> frozenset[str]:
         """Names of that type these resources make a gateway ask for (computed once)."""
-        key = f"asks {type_url}"
-        if key not in self._asked:
-            self._asked[key] = frozenset(n for r in self.resources.values() for t, n in r.asks if t == type_url)
-        return self._asked[key]
+        return self._names("asks", type_url)
 
     def needed(self, type_url: str) -> frozenset[str]:
         """Names of that type these resources need in place (computed once)."""
-        key = f"needs {type_url}"
-        if key not in self._asked:
-            self._asked[key] = frozenset(n for r in self.resources.values() for t, n in r.needs if t == type_url)
-        return self._asked[key]
+        return self._names("needs", type_url)
+
+    def _names(self, relation: str, type_url: str) -> frozenset[str]:
+        key = (relation, type_url)
+        if key not in self._named:
+            self._named[key] = frozenset(n for r in self.resources.values() for t, n in getattr(r, relation) if t == type_url)
+        return self._named[key]
 
 
 @dataclass(slots=True)
