@@ -24,9 +24,9 @@ CONNECT_TIMEOUT = duration_pb2.Duration(seconds=5)
 
 
 def packed(msg: message.Message) -> any_pb2.Any:
-    """A message as a typed_config."""
+    """A message as a typed_config, its bytes deterministic (maps sorted) like every resource's."""
     out = any_pb2.Any()
-    out.Pack(msg)
+    out.Pack(msg, deterministic=True)
     return out
 
 

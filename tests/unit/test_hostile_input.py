@@ -13,7 +13,8 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 import pytest
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,8 @@ from kxds.envoy_process import envoy_binary
 from kxds.model.errors import InvalidObject
 from kxds.model.ingress import Ingress, RejectedIngress
 from kxds.model.objects import Filters, parse_object
-from kxds.settings import DEFAULT_INGRESS_CLASS, GatewaySettings
+from kxds.model.config import Endpoint, ExtAuthzConfig
+from kxds.settings import DEFAULT_INGRESS_CLASS, ROUTE_LAYOUTS, GatewaySettings
 from kxds.translate.gateway import GatewayConfig, translate
 
 FILTERS = Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving")
@@ -137,7 +139,8 @@ def valid_ingresses(draw: Any, name: str) -> dict[str, Any]:
         "http": st.fixed_dictionaries({"paths": st.lists(valid_paths(), min_size=1, max_size=4)}),
     }), min_size=1, max_size=3))
     return {"apiVersion": "networking.internal.knative.dev/v1alpha1", "kind": "Ingress",
-            "metadata": {"name": name, "namespace": NS, "annotations": {"networking.knative.dev/ingress.class": DEFAULT_INGRESS_CLASS}},
+            "metadata": {"name": name, "namespace": NS, "annotations": {"networking.knative.dev/ingress.class": DEFAULT_INGRESS_CLASS},
+                         "labels": draw(st.dictionaries(tokens, values, max_size=6))},
             "spec": {"rules": rules, "httpOption": draw(st.sampled_from(["Enabled", "Redirected"]))}}
 
 
@@ -183,6 +186,40 @@ def test_the_model_and_translator_never_crash(data: st.DataObject, backend_docs:
     assert set(config.outcomes) == {i.key for i in world.ingresses}
     for outcome in config.outcomes.values():
         assert "internal error" not in outcome.message, outcome.message
+
+
+def assert_canonical(message: Message, data: bytes, where: str) -> None:
+    """`data` is exactly the deterministic encoding of `message` (parsed from it), and so is every
+    typed_config packed inside, however deep: versions hash these bytes, so equal inputs must give
+    equal bytes in every process (map order included)."""
+    assert message.SerializeToString(deterministic=True) == data, f"{where}: not in canonical form"
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        items = value.values() if field.message_type.GetOptions().map_entry else value if field.is_repeated else [value]
+        for item in items:
+            if not isinstance(item, Message):
+                continue
+            if item.DESCRIPTOR.full_name == "google.protobuf.Any":
+                inner = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(item.TypeName()))()
+                inner.ParseFromString(item.value)
+                assert_canonical(inner, item.value, f"{where} > {field.name} ({item.TypeName()})")
+            else:
+                assert_canonical(item, item.SerializeToString(deterministic=True), f"{where} > {field.name}")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data(), sane_backends(), st.sampled_from(ROUTE_LAYOUTS))
+def test_every_served_resource_is_canonically_encoded(data: st.DataObject, backend_docs: list[dict[str, Any]], layout: str) -> None:
+    # Routes are assembled from the bytes of their parts, and ext-authz packs the Ingress's labels (a map).
+    docs = [data.draw(valid_ingresses(f"i{n}")) for n in range(3)]
+    world, _ = parsed_world([*docs, *backend_docs])
+    authz = ExtAuthzConfig(endpoint=Endpoint(host="authz", port=9000))
+    config = translate(world, GatewaySettings(route_layout=layout, ext_authz=authz, http_option_disabled=data.draw(st.booleans())))
+    for type_url, resources in config.encoded.items():
+        message_class = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(type_url.rsplit("/", 1)[1]))
+        for resource in resources:
+            assert_canonical(message_class.FromString(resource.data), resource.data, resource.name)
 
 
 def static_bootstrap(config: GatewayConfig) -> dict[str, Any]:
