@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import message, wrappers_pb2
 
-# RouteConfiguration.virtual_hosts is field 2, length-delimited: tag byte (2 << 3) | 2.
-_VHOST_TAG = b"\x12"
+# RouteConfiguration.virtual_hosts: field 2.
+_VHOSTS = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
 
 
 def content_version(data: bytes) -> str:
@@ -27,8 +27,13 @@ class Encoded:
     version: str
 
 
+def serialized(msg: message.Message) -> bytes:
+    """A message's deterministic bytes (maps sorted): what versions are hashed from."""
+    return msg.SerializeToString(deterministic=True)
+
+
 def encode(name: str, msg: message.Message) -> Encoded:
-    data = msg.SerializeToString(deterministic=True)
+    data = serialized(msg)
     return Encoded(name, data, content_version(data))
 
 
@@ -39,6 +44,13 @@ def _varint(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def length_delimited(number: int, data: bytes) -> bytes:
+    """One length-delimited field (a message, string or bytes) as it appears in its parent's bytes.
+
+    Appended in field-number order, such fields give exactly the parent's deterministic encoding."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +73,7 @@ class RouteTable:
         tail = route_pb2.RouteConfiguration(
             validate_clusters=wrappers_pb2.BoolValue(value=True), request_headers_to_remove=self.remove_headers
         ).SerializeToString(deterministic=True)
-        data = b"".join([head, *(_VHOST_TAG + _varint(len(v.data)) + v.data for v in self.vhosts), tail])
+        data = b"".join([head, *(length_delimited(_VHOSTS, v.data) for v in self.vhosts), tail])
         # Deterministic in the content, without hashing megabytes on every change.
         version = hashlib.sha256("".join([self.name, *(v.version for v in self.vhosts), *self.remove_headers]).encode()).hexdigest()[:16]
         return Encoded(self.name, data, version)

@@ -129,14 +129,9 @@ def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | 
 
 
 @functools.cache
-def _status_vhost(ext_authz: bool) -> Encoded:
-    return encode(names.STATUS_VHOST, routes.status_vhost(ext_authz))
-
-
-@functools.cache
 def _status_table(ext_authz: bool) -> tuple[tuple[RouteTable, Encoded], scopes.Scope]:
     """The scoped layout's `internalkourier` route configuration and its one scope."""
-    table = scopes.table(names.INTERNAL_ROUTES, names.STATUS_VHOST, [_status_vhost(ext_authz)])
+    table = scopes.table(names.INTERNAL_ROUTES, names.STATUS_VHOST, [routes.status_vhost(ext_authz).encoded])
     (scope,) = scopes.scopes(names.INTERNAL_ROUTES, names.STATUS_VHOST, [names.STATUS_VHOST])
     return (table, table.encode()), scope
 
@@ -196,7 +191,7 @@ class _Plan:
         self.outcomes: dict[str, Outcome] = {}
         self.backends: dict[str, _Backend] = {}
         self.external: list[Encoded] = []
-        self.internal: list[Encoded] = [] if self.scoped else [_status_vhost(self.ext_authz)]
+        self.internal: list[Encoded] = [] if self.scoped else [routes.status_vhost(self.ext_authz).encoded]
         self.scoped_results: list[_IngressResult] = []
         self.referenced: set[str] = set()
         self.claimed: dict[str, str] = {}
@@ -251,8 +246,8 @@ class _Plan:
             message = f"spec.rules[].hosts: {wildcard!r} cannot be routed with --route-layout=scoped (exact hosts only)"
             return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
         vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled, ext_authz=self.ext_authz)
-        external = tuple(encode(v.name, v) for v in vhosts.external)
-        internal = tuple(encode(v.name, v) for v in vhosts.internal)
+        external = tuple(v.encoded for v in vhosts.external)
+        internal = tuple(v.encoded for v in vhosts.internal)
         if not self.scoped:
             return _IngressResult(Outcome(programmed=True), found, external=external, internal=internal, clusters=vhosts.clusters)
         tables: list[tuple[RouteTable, Encoded]] = []
@@ -262,7 +257,7 @@ class _Plan:
                 continue
             table = scopes.table(table_name, ingress.key, encoded)
             tables.append((table, table.encode()))
-            hosts = (d for v in group for d in v.domains if not d.endswith(":*"))
+            hosts = (h for v in group for h in v.hosts)
             scoped.extend(scopes.scopes(table_name, ingress.key, hosts))
         return _IngressResult(Outcome(programmed=True), found, clusters=vhosts.clusters, tables=tuple(tables), scopes=tuple(scoped))
 
@@ -270,7 +265,7 @@ class _Plan:
         world, https, cache = self.world, self.https, self.cache
         referenced = self.referenced | https.clusters
         tables = [] if self.scoped else [RouteTable.of(names.EXTERNAL_ROUTES, self.external), RouteTable.of(names.INTERNAL_ROUTES, self.internal)]
-        tables += [RouteTable.of(name, (encode(v.name, v) for v in vhosts)) for name, vhosts in https.route_config_vhosts().items()]
+        tables += [RouteTable.of(name, (v.encoded for v in vhosts)) for name, vhosts in https.route_config_vhosts().items()]
         wanted = sorted((name, b) for name, b in self.backends.items() if name in referenced)
         ca = self.upstream_ca[0] if self.upstream_ca is not None else None
         needs: dict[str, frozenset[tuple[str, str]]] = {}

@@ -31,8 +31,8 @@ class HttpsPlan:
         self._used: dict[str, Secret] = {}
         self._external: dict[str, set[str]] = {}  # secret → SNI hosts
         self._internal: dict[str, set[str]] = {}
-        self.external_vhosts: list[rc.VirtualHost] = []
-        self.internal_vhosts: list[rc.VirtualHost] = []
+        self.external_vhosts: list[routes.VirtualHost] = []
+        self.internal_vhosts: list[routes.VirtualHost] = []
         # Clusters the TLS routes name: for a Redirected Ingress, only its TLS routes forward.
         self.clusters: set[str] = set()
         self._default_external = self._gateway_certificate(
@@ -104,7 +104,7 @@ class HttpsPlan:
             out.append(tls_listener(addresses, ports.internal_https, names.INTERNAL_TLS_ROUTES, internal, kourier, proxy_protocol=proxy_protocol))
         return out
 
-    def route_config_vhosts(self) -> dict[str, list[rc.VirtualHost]]:
+    def route_config_vhosts(self) -> dict[str, list[routes.VirtualHost]]:
         """TLS route configurations, for the listeners that exist."""
         out = {}
         if self._external or self._default_external:

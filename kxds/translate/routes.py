@@ -1,9 +1,14 @@
-"""Ingress rules → Envoy virtual hosts and routes (knative-ingress-contract.md §9.3, §10.4–§10.6)."""
+"""Ingress rules → Envoy virtual hosts and routes (knative-ingress-contract.md §9.3, §10.4–§10.6).
+
+Vhosts come out encoded, assembled from their routes' bytes: Knative repeats every path in an
+Ingress's ExternalIP and ClusterLocal rules, and a probe copy differs from its original by headers
+only, so each distinct piece is built and serialised once per Ingress (building route messages field
+by field was most of a cold translation at 10,000 Ingresses).
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from envoy.config.core.v3 import base_pb2
@@ -13,30 +18,45 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from kxds.model.ingress import HTTPOption, Ingress, Path, Visibility
 from kxds.translate import extensions, names
+from kxds.translate.encoded import Encoded, content_version, encode, length_delimited, serialized
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+_ROUTE_FIELDS = rc.Route.DESCRIPTOR.fields_by_name
+# A route's name is the highest-numbered field kxds sets, so its bytes are the nameless body (what
+# a probe copy and its original rules share) followed by the name.
+_ROUTE_NAME = _ROUTE_FIELDS["name"].number
+assert _ROUTE_NAME > max(_ROUTE_FIELDS[f].number for f in ("match", "route", "redirect", "request_headers_to_add", "typed_per_filter_config"))
+_VHOST_ROUTES = rc.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    """A vhost as served, and the hosts its domains match (without their `host:*` forms)."""
+
+    encoded: Encoded
+    hosts: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.encoded.name
 
 
 @dataclass(frozen=True, slots=True)
 class IngressVirtualHosts:
-    external: tuple[rc.VirtualHost, ...]  # ExternalIP rules
-    internal: tuple[rc.VirtualHost, ...]  # every rule: the private gateway serves them all
-    cluster_local: tuple[rc.VirtualHost, ...]  # ClusterLocal rules only
+    external: tuple[VirtualHost, ...]  # ExternalIP rules
+    internal: tuple[VirtualHost, ...]  # every rule: the private gateway serves them all
+    cluster_local: tuple[VirtualHost, ...]  # ClusterLocal rules only
     clusters: frozenset[str]  # every cluster a route of this Ingress names
 
 
-def with_probe_paths(paths: Iterable[Path], digest: str) -> list[Path]:
-    """Knative's InsertProbe: a copy of every path matching `K-Network-Hash: override`, prepended."""
-    originals = list(paths)
-    probes = [
-        replace(
-            p,
-            headers=tuple(sorted({**dict(p.headers), names.PROBE_HASH_HEADER: names.PROBE_OVERRIDE}.items())),
-            append_headers=tuple(sorted({**dict(p.append_headers), names.PROBE_HASH_HEADER: digest}.items())),
-        )
-        for p in originals
-    ]
-    return probes + originals
+def probe_copy(path: Path, digest: str) -> Path:
+    """Knative's InsertProbe: the path matching `K-Network-Hash: override`, answering the hash."""
+    return replace(
+        path,
+        headers=tuple(sorted({**dict(path.headers), names.PROBE_HASH_HEADER: names.PROBE_OVERRIDE}.items())),
+        append_headers=tuple(sorted({**dict(path.append_headers), names.PROBE_HASH_HEADER: digest}.items())),
+    )
 
 
 def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disabled: bool = False, ext_authz: bool = False) -> IngressVirtualHosts:
@@ -47,67 +67,108 @@ def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disa
     cluster-local forms of a Knative Service become one vhost): the route list is built and sent
     once instead of once per host.
     """
-    rule_routes: list[list[rc.Route]] = []
+    bodies = _RouteBodies(ingress.hash, ext_authz)
+    # Per rule: (prefix length, route bytes), every path's probe copy ahead of the originals.
+    rule_routes: list[list[tuple[int, bytes]]] = []
     contributions: dict[str, dict[str, list[int]]] = {"external": {}, "internal": {}, "cluster_local": {}}
     clusters: set[str] = set()
     redirect = ingress.http_option is HTTPOption.REDIRECTED and not redirects_disabled and not tls
     for index, rule in enumerate(ingress.rules):
         hosts = rule.hosts or ("*",)
         is_external = rule.visibility is Visibility.EXTERNAL_IP
-        routes = []
-        for path in with_probe_paths(rule.paths, ingress.hash):
-            name = names.route_name(ingress.key, hosts[0], path.path)
-            if redirect and is_external:
-                route = _redirect_route(name, path)
-            else:
-                route = _forward_route(name, path)
-                clusters.update(names.cluster_name(s.service_namespace, s.service_name) for s in path.splits)
-            if ext_authz and path.path.startswith(extensions.ACME_CHALLENGE_PREFIX):
-                route.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(extensions.ext_authz_disabled())
-            routes.append(route)
-        rule_routes.append(routes)
+        redirected = redirect and is_external
+        built = [(len(p.path or "/"), bodies.of(p, redirected), _route_name(ingress.key, hosts[0], p.path)) for p in rule.paths]
+        rule_routes.append([(length, pair[copy] + name) for copy in (0, 1) for length, pair, name in built])
+        if not redirected:
+            clusters.update(names.cluster_name(s.service_namespace, s.service_name) for p in rule.paths for s in p.splits)
         for host in hosts:
             contributions["internal"].setdefault(host, []).append(index)
             contributions["external" if is_external else "cluster_local"].setdefault(host, []).append(index)
-    vhosts = {kind: _grouped(ingress.key, hosts, rule_routes) for kind, hosts in contributions.items()}
-    if ext_authz:
-        first_rule = {h: i for i, rule in reversed(list(enumerate(ingress.rules))) for h in (rule.hosts or ("*",))}
-        for vhost in (v for group in vhosts.values() for v in group):
-            visibility = ingress.rules[first_rule[vhost.domains[0]]].visibility.value
-            config = extensions.ext_authz_disabled() if ingress.disable_ext_authz else extensions.ext_authz_context(visibility, ingress.labels)
-            vhost.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(config)
+    filters = _VhostFilters(ingress) if ext_authz else None
+    vhosts = {kind: _grouped(ingress.key, hosts, rule_routes, filters) for kind, hosts in contributions.items()}
     return IngressVirtualHosts(
         external=vhosts["external"], internal=vhosts["internal"], cluster_local=vhosts["cluster_local"], clusters=frozenset(clusters)
     )
 
 
-def _grouped(ingress_key: str, contributions: dict[str, list[int]], rule_routes: list[list[rc.Route]]) -> tuple[rc.VirtualHost, ...]:
+class _RouteBodies:
+    """An Ingress's routes without their names, (probe copy, original) per distinct path."""
+
+    def __init__(self, digest: str, ext_authz: bool) -> None:
+        self._digest, self._ext_authz = digest, ext_authz
+        self._built: dict[tuple[Path, bool], tuple[bytes, bytes]] = {}
+
+    def of(self, path: Path, redirected: bool) -> tuple[bytes, bytes]:
+        built = self._built.get((path, redirected))
+        if built is None:
+            # Field order: match, route | redirect, request_headers_to_add, typed_per_filter_config.
+            opt_out = _acme_opt_out() if self._ext_authz and path.path.startswith(extensions.ACME_CHALLENGE_PREFIX) else b""
+            probe = probe_copy(path, self._digest)
+            if redirected:
+                built = (_match(probe) + _REDIRECT + opt_out, _match(path) + _REDIRECT + opt_out)
+            else:
+                action = _forward_action(path)
+                built = (
+                    _match(probe) + action + _route_headers(probe.append_headers) + opt_out,
+                    _match(path) + action + _route_headers(path.append_headers) + opt_out,
+                )
+            self._built[(path, redirected)] = built
+        return built
+
+
+class _VhostFilters:
+    """A vhost's ext-authz settings (its `typed_per_filter_config` bytes): the visibility of the first
+    rule naming its first host, the Ingress's labels, or opted out."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        self._ingress = ingress
+        self._first_rule = {h: rule for rule in reversed(ingress.rules) for h in (rule.hosts or ("*",))}
+
+    def of(self, host: str) -> bytes:
+        if self._ingress.disable_ext_authz:
+            return _vhost_ext_authz("", ())
+        return _vhost_ext_authz(self._first_rule[host].visibility.value, self._ingress.labels)
+
+
+def _grouped(ingress_key: str, contributions: dict[str, list[int]], rule_routes: list[list[tuple[int, bytes]]],
+             filters: _VhostFilters | None) -> tuple[VirtualHost, ...]:
     by_rules: dict[tuple[int, ...], list[str]] = {}
     for host, rules in contributions.items():
         by_rules.setdefault(tuple(rules), []).append(host)
-    out = [_vhost(ingress_key, sorted(hosts), [r for i in rules for r in rule_routes[i]]) for rules, hosts in by_rules.items()]
+    out = []
+    for indexes, hosts in by_rules.items():
+        ordered = sorted(hosts)
+        tail = filters.of(ordered[0]) if filters is not None else b""
+        out.append(_vhost(ingress_key, ordered, [r for i in indexes for r in rule_routes[i]], tail))
     return tuple(sorted(out, key=lambda v: v.name))
 
 
-def _vhost(ingress_key: str, hosts: list[str], routes: list[rc.Route]) -> rc.VirtualHost:
+def _vhost(ingress_key: str, hosts: list[str], routes: list[tuple[int, bytes]], tail: bytes) -> VirtualHost:
     # Longest prefix first; the sort is stable, so each probe copy stays ahead of its original.
-    ordered = sorted(routes, key=lambda r: -len(r.match.prefix))
+    ordered = sorted(routes, key=lambda r: -r[0])
     # `host:*` matches an authority that carries a port, as gRPC clients send (envoy#886).
     domains = [d for host in hosts for d in (host, f"{host}:*")]
-    return rc.VirtualHost(name=names.vhost_name(ingress_key, hosts[0]), domains=domains, routes=ordered)
+    name = names.vhost_name(ingress_key, hosts[0])
+    head = serialized(rc.VirtualHost(name=name, domains=domains))
+    data = b"".join([head, *(length_delimited(_VHOST_ROUTES, route) for _, route in ordered), tail])
+    return VirtualHost(Encoded(name, data, content_version(data)), tuple(hosts))
 
 
-def _match(path: Path) -> rc.RouteMatch:
+def _route_name(ingress_key: str, host: str, path: str) -> bytes:
+    return length_delimited(_ROUTE_NAME, names.route_name(ingress_key, host, path).encode())
+
+
+def _match(path: Path) -> bytes:
     headers = [
         rc.HeaderMatcher(name=n, string_match=string_pb2.StringMatcher(exact=v))
         if v
         else rc.HeaderMatcher(name=n, present_match=True)
         for n, v in path.headers
     ]
-    return rc.RouteMatch(prefix=path.path or "/", headers=headers)
+    return serialized(rc.Route(match=rc.RouteMatch(prefix=path.path or "/", headers=headers)))
 
 
-@functools.lru_cache(maxsize=4096)  # an Ingress's rules and probe copies repeat the same headers
+@functools.lru_cache(maxsize=4096)  # an Ingress's splits repeat the same headers
 def _header_options(pairs: tuple[tuple[str, str], ...]) -> tuple[base_pb2.HeaderValueOption, ...]:
     # Knative's appendHeaders *set* the header: a client-sent value is replaced (serving#6366).
     # Envoy reads `%` in added header values as a formatter command (%REQ(...)% and the like) and
@@ -118,7 +179,12 @@ def _header_options(pairs: tuple[tuple[str, str], ...]) -> tuple[base_pb2.Header
     )
 
 
-def _forward_route(name: str, path: Path) -> rc.Route:
+@functools.lru_cache(maxsize=4096)
+def _route_headers(pairs: tuple[tuple[str, str], ...]) -> bytes:
+    return serialized(rc.Route(request_headers_to_add=_header_options(pairs)))
+
+
+def _forward_action(path: Path) -> bytes:
     weighted = rc.WeightedCluster(
         clusters=[
             rc.WeightedCluster.ClusterWeight(
@@ -134,21 +200,34 @@ def _forward_route(name: str, path: Path) -> rc.Route:
     timeout = duration_pb2.Duration()
     if path.timeout_seconds:
         timeout.FromNanoseconds(round(path.timeout_seconds * 1e9))
-    action = rc.RouteAction(
-        weighted_clusters=weighted,
-        timeout=timeout,
-        upgrade_configs=[rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))],
-    )
+    action = rc.RouteAction(weighted_clusters=weighted, timeout=timeout, upgrade_configs=[_WEBSOCKET])
     if path.rewrite_host:
         action.host_rewrite_literal = path.rewrite_host
-    return rc.Route(name=name, match=_match(path), route=action, request_headers_to_add=_header_options(path.append_headers))
+    return serialized(rc.Route(route=action))
 
 
-def _redirect_route(name: str, path: Path) -> rc.Route:
-    return rc.Route(name=name, match=_match(path), redirect=rc.RedirectAction(https_redirect=True))
+_WEBSOCKET = rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))
+_REDIRECT = serialized(rc.Route(redirect=rc.RedirectAction(https_redirect=True)))
 
 
-def status_vhost(ext_authz: bool = False) -> rc.VirtualHost:
+@functools.cache
+def _acme_opt_out() -> bytes:
+    route = rc.Route()
+    route.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(extensions.ext_authz_disabled())
+    return serialized(route)
+
+
+@functools.lru_cache(maxsize=1024)
+def _vhost_ext_authz(visibility: str, labels: tuple[tuple[str, str], ...]) -> bytes:
+    """A vhost's ext-authz `typed_per_filter_config`: the context for `visibility`, or opted out ("")."""
+    config = extensions.ext_authz_context(visibility, labels) if visibility else extensions.ext_authz_disabled()
+    vhost = rc.VirtualHost()
+    vhost.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(config)
+    return serialized(vhost)
+
+
+@functools.cache
+def status_vhost(ext_authz: bool = False) -> VirtualHost:
     """`internalkourier` /ready → Envoy admin: what the gateway's kubelet probes call (never
     behind ext-authz: a down authorization service must not fail the gateway's own probes)."""
     timeout = duration_pb2.Duration(seconds=1)
@@ -165,4 +244,5 @@ def status_vhost(ext_authz: bool = False) -> rc.VirtualHost:
     vhost = rc.VirtualHost(name=names.STATUS_VHOST, domains=[names.STATUS_VHOST], routes=[route])
     if ext_authz:
         vhost.typed_per_filter_config[extensions.EXT_AUTHZ_FILTER].CopyFrom(extensions.ext_authz_disabled())
-    return vhost
+    return VirtualHost(encode(names.STATUS_VHOST, vhost), (names.STATUS_VHOST,))
+
