@@ -5,6 +5,7 @@ one Ingress change costs a join of cached bytes, not a rebuild and re-serialisat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ def encode(name: str, msg: message.Message) -> Encoded:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:  # most lengths and every tag kxds writes: one byte
+        return _BYTES[n]
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -46,11 +49,19 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+_BYTES = [bytes((n,)) for n in range(0x80)]
+
+
+@functools.cache
+def _tag(number: int) -> bytes:
+    return _varint(number << 3 | 2)
+
+
 def length_delimited(number: int, data: bytes) -> bytes:
     """One length-delimited field (a message, string or bytes) as it appears in its parent's bytes.
 
     Appended in field-number order, such fields give exactly the parent's deterministic encoding."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    return _tag(number) + _varint(len(data)) + data
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,18 +349,23 @@ def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_
     for i, rule in enumerate(ingress.rules):
         for j, path in enumerate(rule.paths):
             for k, split in enumerate(path.splits):
-                at = f"spec.rules[{i}].http.paths[{j}].splits[{k}]"
                 service = services.get(f"{split.service_namespace}/{split.service_name}")
                 if service is None:
-                    return f"{at}.serviceName: Service {split.service_namespace}/{split.service_name} not found"
+                    return f"{_split_at(i, j, k)}.serviceName: Service {split.service_namespace}/{split.service_name} not found"
                 port = service.port_for(split.service_port)
                 if port is None:
-                    return f"{at}.servicePort: Service {service.key} has no port {split.service_port!r}"
+                    return f"{_split_at(i, j, k)}.servicePort: Service {service.key} has no port {split.service_port!r}"
                 name = names.cluster_name(service.namespace, service.name)
                 # Upstream TLS never applies to rewritten hosts (hairpins through the gateway).
                 upstream_tls = internal_tls and service.type != "ExternalName" and not path.rewrite_host
                 # One cluster per Service (Kourier's naming): the first port referenced wins.
-                backend = found.setdefault(name, _Backend(service, port, service.speaks_h2c and not ingress.disable_http2, upstream_tls))
-                if backend.upstream_tls and not upstream_tls:
+                backend = found.get(name)
+                if backend is None:
+                    found[name] = _Backend(service, port, service.speaks_h2c and not ingress.disable_http2, upstream_tls)
+                elif backend.upstream_tls and not upstream_tls:
                     found[name] = _Backend(backend.service, backend.port, backend.http2, False)
     return found
+
+
+def _split_at(rule: int, path: int, split: int) -> str:
+    return f"spec.rules[{rule}].http.paths[{path}].splits[{split}]"

@@ -22,7 +22,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 
 from kxds.settings import SCOPED_LAYOUT
 from kxds.translate.clusters import packed
-from kxds.translate.encoded import Encoded, RouteTable, encode
+from kxds.translate.encoded import Encoded, RouteTable, content_version, length_delimited
 from kxds.xds.type_urls import ROUTE
 
 SCOPED = SCOPED_LAYOUT
@@ -93,14 +93,23 @@ def scopes(table_name: str, owner: str, hosts: Iterable[str]) -> tuple[Scope, ..
     """One scope per host, all naming the owner's route configuration for this table."""
     route_config = route_config_name(table_name, owner)
     asks = frozenset({(ROUTE, route_config)})
+    # 50,000 scopes at 10,000 Ingresses: written as bytes (name, route configuration, key).
+    middle = length_delimited(_ROUTE_CONFIGURATION, route_config.encode())
+    table_fragment = _fragment(table_name)
     out = []
     for host in sorted(set(hosts)):
-        key = scoped_route_pb2.ScopedRouteConfiguration.Key(
-            fragments=[
-                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=table_name),
-                scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=host),
-            ]
-        )
         name = scope_name(table_name, host)
-        out.append((encode(name, scoped_route_pb2.ScopedRouteConfiguration(name=name, route_configuration_name=route_config, key=key)), asks))
+        key = length_delimited(_KEY, table_fragment + _fragment(host))
+        data = length_delimited(_NAME, name.encode()) + middle + key
+        out.append((Encoded(name, data, content_version(data)), asks))
     return tuple(out)
+
+
+_SCOPE_FIELDS = scoped_route_pb2.ScopedRouteConfiguration.DESCRIPTOR.fields_by_name
+_NAME, _ROUTE_CONFIGURATION, _KEY = (_SCOPE_FIELDS[f].number for f in ("name", "route_configuration_name", "key"))
+_FRAGMENTS = scoped_route_pb2.ScopedRouteConfiguration.Key.DESCRIPTOR.fields_by_name["fragments"].number
+_STRING_KEY = scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment.DESCRIPTOR.fields_by_name["string_key"].number
+
+
+def _fragment(value: str) -> bytes:
+    return length_delimited(_FRAGMENTS, length_delimited(_STRING_KEY, value.encode()))
