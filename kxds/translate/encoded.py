@@ -88,7 +88,3 @@ class RouteTable:
         # Deterministic in the content, without hashing megabytes on every change.
         version = hashlib.sha256("".join([self.name, *(v.version for v in self.vhosts), *self.remove_headers]).encode()).hexdigest()[:16]
         return Encoded(self.name, data, version)
-
-    def message(self) -> route_pb2.RouteConfiguration:
-        """The decoded configuration (for `kxds render` and tests; the serving path never needs it)."""
-        return route_pb2.RouteConfiguration.FromString(self.encode().data)

@@ -45,6 +45,7 @@ class Outcome:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     listeners: tuple[listener_pb2.Listener, ...] = ()
+    # Kourier's route configurations as their vhosts (the scoped layout's own keep bytes only).
     route_tables: tuple[RouteTable, ...] = ()
     # Route configuration name → the dynamic clusters its routes name (for make-before-break).
     route_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -63,11 +64,11 @@ class GatewayConfig:
     # Type URL → every resource as it is served: encoded once, with its content version.
     encoded: Mapping[str, tuple[Encoded, ...]] = field(default_factory=dict)
 
+    # Decoded on demand (render, tests): the serving path keeps only the encoded bytes.
     @property
     def route_configs(self) -> tuple[route_pb2.RouteConfiguration, ...]:
-        return tuple(t.message() for t in self.route_tables)
+        return tuple(route_pb2.RouteConfiguration.FromString(e.data) for e in self.encoded.get(ROUTE, ()))
 
-    # Decoded on demand (render, tests): the serving path keeps only the encoded bytes.
     @property
     def clusters(self) -> tuple[cluster_pb2.Cluster, ...]:
         return tuple(cluster_pb2.Cluster.FromString(e.data) for e in self.encoded.get(CLUSTER, ()))
@@ -95,7 +96,7 @@ class _IngressResult:
     internal: tuple[Encoded, ...] = ()
     clusters: frozenset[str] = frozenset()
     # The scoped layout: this Ingress's own route configurations and the scopes naming them.
-    tables: tuple[tuple[RouteTable, Encoded], ...] = ()
+    tables: tuple[Encoded, ...] = ()
     scopes: tuple[scopes.Scope, ...] = ()
 
 
@@ -129,11 +130,11 @@ def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | 
 
 
 @functools.cache
-def _status_table(ext_authz: bool) -> tuple[tuple[RouteTable, Encoded], scopes.Scope]:
+def _status_table(ext_authz: bool) -> tuple[Encoded, scopes.Scope]:
     """The scoped layout's `internalkourier` route configuration and its one scope."""
     table = scopes.table(names.INTERNAL_ROUTES, names.STATUS_VHOST, [routes.status_vhost(ext_authz).encoded])
     (scope,) = scopes.scopes(names.INTERNAL_ROUTES, names.STATUS_VHOST, [names.STATUS_VHOST])
-    return (table, table.encode()), scope
+    return table.encode(), scope
 
 
 def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[EndpointSlice, ...]]) -> list[Encoded]:
@@ -172,11 +173,11 @@ def retranslate_ingress(world: World, gateway: GatewaySettings, cache: Translati
     if plan.https.serves_every_ingress:
         return None
     result = plan._translated(ingress)
-    same_shape = [t.name for t, _ in result.tables] == [t.name for t, _ in old.tables] and [s for s, _ in result.scopes] == [s for s, _ in old.scopes]
+    same_shape = [t.name for t in result.tables] == [t.name for t in old.tables] and [s for s, _ in result.scopes] == [s for s, _ in old.scopes]
     if not result.outcome.programmed or result.backends != old.backends or result.clusters != old.clusters or not same_shape:
         return None  # its clusters or scopes change
     cache.ingresses[ingress.key] = plan.ingress_cache[ingress.key]
-    return tuple(encoded for _, encoded in result.tables)
+    return result.tables
 
 
 class _Plan:
@@ -250,13 +251,13 @@ class _Plan:
         internal = tuple(v.encoded for v in vhosts.internal)
         if not self.scoped:
             return _IngressResult(Outcome(programmed=True), found, external=external, internal=internal, clusters=vhosts.clusters)
-        tables: list[tuple[RouteTable, Encoded]] = []
+        tables: list[Encoded] = []
         scoped: list[scopes.Scope] = []
         for table_name, encoded, group in ((names.EXTERNAL_ROUTES, external, vhosts.external), (names.INTERNAL_ROUTES, internal, vhosts.internal)):
             if not group:
                 continue
-            table = scopes.table(table_name, ingress.key, encoded)
-            tables.append((table, table.encode()))
+            # Only the joined bytes are kept: the vhosts' own would double the memory routes take.
+            tables.append(scopes.table(table_name, ingress.key, encoded).encode())
             hosts = (h for v in group for h in v.hosts)
             scoped.extend(scopes.scopes(table_name, ingress.key, hosts))
         return _IngressResult(Outcome(programmed=True), found, clusters=vhosts.clusters, tables=tuple(tables), scopes=tuple(scoped))
@@ -297,14 +298,14 @@ class _Plan:
         cache.ingresses, cache.clusters, cache.assignments, cache.tables = self.ingress_cache, built_clusters, built_assignments, encoded_tables
         route_clusters = {t.name: frozenset(referenced) for t in tables}
         scoped: dict[str, tuple[Encoded, ...]] = {}
+        own_tables: list[Encoded] = []
         scope_asks: dict[str, frozenset[tuple[str, str]]] = {}
         if self.scoped:
             # Each Ingress's route configurations (cached with its translation) name only its clusters.
             status_table, status_scope = _status_table(self.ext_authz)
             owned = [(status_table, frozenset[str]()), *((t, r.clusters) for r in self.scoped_results for t in r.tables)]
-            encoded_tables = {**encoded_tables, **{table.name: (table, e) for (table, e), _ in owned}}
-            route_clusters.update((table.name, used) for (table, _), used in owned)
-            tables += [table for (table, _), _ in owned]
+            own_tables = [table for table, _ in owned]
+            route_clusters.update((table.name, used) for table, used in owned)
             all_scopes = [status_scope, *(s for r in self.scoped_results for s in r.scopes)]
             scoped[SCOPED_ROUTE] = tuple(scope for scope, _ in all_scopes)
             scope_asks = {scope.name: asks for scope, asks in all_scopes}
@@ -326,7 +327,7 @@ class _Plan:
                 CLUSTER: (*(e for _, e in built_clusters.values()), *(encode(c.name, c) for c in services)),
                 ENDPOINT: tuple(e for _, e in built_assignments.values()),
                 LISTENER: tuple(encode(lis.name, lis) for lis in all_listeners),
-                ROUTE: tuple(e for _, e in encoded_tables.values()),
+                ROUTE: (*(e for _, e in encoded_tables.values()), *own_tables),
                 SECRET: tuple(encode(s.name, s) for s in secrets),
                 **scoped,
             },

@@ -41,7 +41,7 @@ def decoded_scopes(config: GatewayConfig) -> dict[str, scoped_route_pb2.ScopedRo
 
 def test_each_ingress_has_its_own_route_configurations_and_a_scope_per_listener_and_host() -> None:
     config = translate(world(docs()), SCOPED)
-    routes = {t.name: t.message() for t in config.route_tables}
+    routes = {r.name: r for r in config.route_configs}
     assert sorted(routes) == [
         "external_services/ns/i0", "external_services/ns/i1", "internal_services/internalkourier", "internal_services/ns/i0", "internal_services/ns/i1"
     ]
@@ -103,7 +103,7 @@ def test_a_wildcard_host_cannot_be_scoped_and_says_so() -> None:
 def test_the_kourier_layout_is_unchanged_by_default() -> None:
     config = translate(world(docs()), GatewaySettings())
     assert SCOPED_ROUTE not in config.encoded
-    assert sorted(t.name for t in config.route_tables) == ["external_services", "internal_services"]
+    assert sorted(r.name for r in config.route_configs) == ["external_services", "internal_services"]
 
 
 # -- the stream: scopes first, then the route configurations they name --------------------
