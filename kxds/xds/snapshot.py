@@ -25,6 +25,8 @@ ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
 # Types whose responses must hold the full set: a missing resource is a deletion (§2.4).
 FULL_STATE = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE})
 _EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
+# One shared empty set: `frozenset()` is a new 216-byte object each time (110,000 of them at 10,000 Ingresses).
+_NONE: frozenset[tuple[str, str]] = frozenset()
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", SECRET: "SDS"}
 
 
@@ -37,9 +39,9 @@ class Resource:
     # (type URL, name) of what must be applied before this resource is usable: for a route
     # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets;
     # for a listener the clusters its filters call.
-    needs: frozenset[tuple[str, str]] = frozenset()
+    needs: frozenset[tuple[str, str]] = _NONE
     # (type URL, name) of what a gateway subscribes to once it has this resource.
-    asks: frozenset[tuple[str, str]] = frozenset()
+    asks: frozenset[tuple[str, str]] = _NONE
 
     @property
     def body(self) -> any_pb2.Any:
@@ -47,13 +49,13 @@ class Resource:
         return any_pb2.Any(type_url=self.type_url, value=self.data)
 
     @classmethod
-    def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = ()) -> Resource:
+    def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = _NONE) -> Resource:
         body = any_pb2.Any()
         body.Pack(msg, deterministic=True)
         return cls(name=name, version=content_version(body.value), type_url=body.type_url, data=body.value, needs=frozenset(needs))
 
     @classmethod
-    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = (), asks: Iterable[tuple[str, str]] = ()) -> Resource:
+    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = _NONE, asks: Iterable[tuple[str, str]] = _NONE) -> Resource:
         return cls(name=encoded.name, version=encoded.version, type_url=type_url, data=encoded.data, needs=frozenset(needs), asks=frozenset(asks))
 
 
@@ -133,7 +135,7 @@ def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None
         resources = by_type[type_url] = {}
         type_needs, type_asks = needs_of.get(type_url, {}), config.asks.get(type_url, {})
         for e in encoded:
-            needs, asks = type_needs.get(e.name, frozenset()), type_asks.get(e.name, frozenset())
+            needs, asks = type_needs.get(e.name, _NONE), type_asks.get(e.name, _NONE)
             old = before.get(e.name)
             reuse = old is not None and old.version == e.version and old.needs == needs and old.asks == asks
             resources[e.name] = old if reuse and old is not None else Resource.encoded(type_url, e, needs, asks)
