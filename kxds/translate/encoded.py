@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import message, wrappers_pb2
 
-# RouteConfiguration.virtual_hosts: field 2.
-_VHOSTS = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
+_ROUTE_CONFIGURATION = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name
+# Name first, then the vhosts, then the rest: field-number order.
+_NAME, _VHOSTS = _ROUTE_CONFIGURATION["name"].number, _ROUTE_CONFIGURATION["virtual_hosts"].number
+assert _NAME < _VHOSTS < min(_ROUTE_CONFIGURATION[f].number for f in ("validate_clusters", "request_headers_to_remove"))
 
 
 def content_version(data: bytes) -> str:
@@ -50,18 +52,16 @@ def _varint(n: int) -> bytes:
 
 
 _BYTES = [bytes((n,)) for n in range(0x80)]
-
-
-@functools.cache
-def _tag(number: int) -> bytes:
-    return _varint(number << 3 | 2)
+# Length-delimited tags of the field numbers kxds writes (one byte up to field 15).
+_TAGS = [_varint(number << 3 | 2) for number in range(64)]
 
 
 def length_delimited(number: int, data: bytes) -> bytes:
     """One length-delimited field (a message, string or bytes) as it appears in its parent's bytes.
 
     Appended in field-number order, such fields give exactly the parent's deterministic encoding."""
-    return _tag(number) + _varint(len(data)) + data
+    size = len(data)
+    return _TAGS[number] + (_BYTES[size] if size < 0x80 else _varint(size)) + data
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +80,13 @@ class RouteTable:
     def encode(self) -> Encoded:
         # validate_clusters: Envoy rejects routes naming a cluster it lacks instead of 503ing them
         # silently; kxds orders pushes so this never happens (xds-protocol.md §6.3).
-        head = route_pb2.RouteConfiguration(name=self.name).SerializeToString(deterministic=True)
-        tail = route_pb2.RouteConfiguration(
-            validate_clusters=wrappers_pb2.BoolValue(value=True), request_headers_to_remove=self.remove_headers
-        ).SerializeToString(deterministic=True)
-        data = b"".join([head, *(length_delimited(_VHOSTS, v.data) for v in self.vhosts), tail])
+        head = length_delimited(_NAME, self.name.encode())
+        data = b"".join([head, *(length_delimited(_VHOSTS, v.data) for v in self.vhosts), _table_tail(self.remove_headers)])
         # Deterministic in the content, without hashing megabytes on every change.
         version = hashlib.sha256("".join([self.name, *(v.version for v in self.vhosts), *self.remove_headers]).encode()).hexdigest()[:16]
         return Encoded(self.name, data, version)
+
+
+@functools.lru_cache(maxsize=16)
+def _table_tail(remove_headers: tuple[str, ...]) -> bytes:
+    return serialized(route_pb2.RouteConfiguration(validate_clusters=wrappers_pb2.BoolValue(value=True), request_headers_to_remove=remove_headers))

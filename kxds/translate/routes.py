@@ -1,9 +1,10 @@
 """Ingress rules → Envoy virtual hosts and routes (knative-ingress-contract.md §9.3, §10.4–§10.6).
 
-Vhosts come out encoded, assembled from their routes' bytes: Knative repeats every path in an
+Vhosts come out encoded, assembled from the bytes of their parts: Knative repeats every path in an
 Ingress's ExternalIP and ClusterLocal rules, and a probe copy differs from its original by headers
-only, so each distinct piece is built and serialised once per Ingress (building route messages field
-by field was most of a cold translation at 10,000 Ingresses).
+only, so each distinct piece is built once per Ingress, and header options once per process.
+Building route messages field by field was most of a cold translation at 10,000 Ingresses; the
+bytes are the same as the messages' deterministic encoding.
 """
 
 from __future__ import annotations
@@ -16,18 +17,31 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from kxds.model.ingress import HTTPOption, Ingress, Path, Visibility
+from kxds.model.ingress import HTTPOption, Ingress, Path, Split, Visibility
 from kxds.translate import extensions, names
 from kxds.translate.encoded import Encoded, content_version, encode, length_delimited, serialized
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
+# Field numbers for the byte assembly. Each message's fields are appended in field-number order,
+# which is exactly its deterministic encoding (the asserts pin the order the code relies on;
+# tests/unit/test_hostile_input.py checks every served resource is canonical).
 _ROUTE_FIELDS = rc.Route.DESCRIPTOR.fields_by_name
 # A route's name is the highest-numbered field kxds sets, so its bytes are the nameless body (what
 # a probe copy and its original rules share) followed by the name.
-_ROUTE_NAME = _ROUTE_FIELDS["name"].number
-assert _ROUTE_NAME > max(_ROUTE_FIELDS[f].number for f in ("match", "route", "redirect", "request_headers_to_add", "typed_per_filter_config"))
-_VHOST_ROUTES = rc.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
+_ROUTE_ACTION, _ROUTE_HEADERS, _ROUTE_NAME = (_ROUTE_FIELDS[f].number for f in ("route", "request_headers_to_add", "name"))
+assert _ROUTE_FIELDS["match"].number < _ROUTE_ACTION < _ROUTE_FIELDS["redirect"].number < _ROUTE_HEADERS < _ROUTE_FIELDS["typed_per_filter_config"].number < _ROUTE_NAME
+_ACTION_FIELDS = rc.RouteAction.DESCRIPTOR.fields_by_name
+_ACTION_WEIGHTED, _ACTION_HOST_REWRITE = _ACTION_FIELDS["weighted_clusters"].number, _ACTION_FIELDS["host_rewrite_literal"].number
+assert _ACTION_WEIGHTED < _ACTION_HOST_REWRITE < min(_ACTION_FIELDS[f].number for f in ("timeout", "upgrade_configs"))
+_WEIGHTED_CLUSTERS = rc.WeightedCluster.DESCRIPTOR.fields_by_name["clusters"].number
+_WEIGHT_FIELDS = rc.WeightedCluster.ClusterWeight.DESCRIPTOR.fields_by_name
+_WEIGHT_NAME, _WEIGHT_HEADERS = _WEIGHT_FIELDS["name"].number, _WEIGHT_FIELDS["request_headers_to_add"].number
+assert _WEIGHT_NAME < _WEIGHT_FIELDS["weight"].number < _WEIGHT_HEADERS
+_VHOST_FIELDS = rc.VirtualHost.DESCRIPTOR.fields_by_name
+# Name, domains, routes, then ext-authz's typed_per_filter_config.
+_VHOST_NAME, _VHOST_DOMAINS, _VHOST_ROUTES = (_VHOST_FIELDS[f].number for f in ("name", "domains", "routes"))
+assert _VHOST_NAME < _VHOST_DOMAINS < _VHOST_ROUTES < _VHOST_FIELDS["typed_per_filter_config"].number
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +163,8 @@ def _vhost(ingress_key: str, hosts: list[str], routes: list[tuple[int, bytes]], 
     # `host:*` matches an authority that carries a port, as gRPC clients send (envoy#886).
     domains = [d for host in hosts for d in (host, f"{host}:*")]
     name = names.vhost_name(ingress_key, hosts[0])
-    head = serialized(rc.VirtualHost(name=name, domains=domains))
-    data = b"".join([head, *(length_delimited(_VHOST_ROUTES, route) for _, route in ordered), tail])
+    head = [length_delimited(_VHOST_NAME, name.encode()), *(length_delimited(_VHOST_DOMAINS, d.encode()) for d in domains)]
+    data = b"".join([*head, *(length_delimited(_VHOST_ROUTES, route) for _, route in ordered), tail])
     return VirtualHost(Encoded(name, data, content_version(data)), tuple(hosts))
 
 
@@ -168,45 +182,49 @@ def _match(path: Path) -> bytes:
     return serialized(rc.Route(match=rc.RouteMatch(prefix=path.path or "/", headers=headers)))
 
 
-@functools.lru_cache(maxsize=4096)  # an Ingress's splits repeat the same headers
-def _header_options(pairs: tuple[tuple[str, str], ...]) -> tuple[base_pb2.HeaderValueOption, ...]:
+def _route_headers(pairs: tuple[tuple[str, str], ...]) -> bytes:
+    return b"".join(length_delimited(_ROUTE_HEADERS, _header_option(k, v)) for k, v in pairs)
+
+
+@functools.lru_cache(maxsize=8192)  # an Ingress's rules, probe copies and splits repeat the same headers
+def _header_option(key: str, value: str) -> bytes:
     # Knative's appendHeaders *set* the header: a client-sent value is replaced (serving#6366).
     # Envoy reads `%` in added header values as a formatter command (%REQ(...)% and the like) and
     # rejects the whole route configuration on a lone one: a literal % is written %%.
-    return tuple(
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v.replace("%", "%%")), append_action=OVERWRITE)
-        for k, v in pairs
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _route_headers(pairs: tuple[tuple[str, str], ...]) -> bytes:
-    return serialized(rc.Route(request_headers_to_add=_header_options(pairs)))
+    return serialized(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value.replace("%", "%%")), append_action=OVERWRITE))
 
 
 def _forward_action(path: Path) -> bytes:
-    weighted = rc.WeightedCluster(
-        clusters=[
-            rc.WeightedCluster.ClusterWeight(
-                name=names.cluster_name(s.service_namespace, s.service_name),
-                weight=wrappers_pb2.UInt32Value(value=s.percent),
-                request_headers_to_add=_header_options(s.append_headers),
-            )
-            for s in path.splits
-        ]
-    )
-    # No timeout (0s disables Envoy's 15 s default) and no retry policy: conformance
-    # `timeout` and `retry` require both. A legacy per-path timeout is honoured.
-    timeout = duration_pb2.Duration()
-    if path.timeout_seconds:
-        timeout.FromNanoseconds(round(path.timeout_seconds * 1e9))
-    action = rc.RouteAction(weighted_clusters=weighted, timeout=timeout, upgrade_configs=[_WEBSOCKET])
+    """The route's action as its bytes (field-number order: weighted clusters, host rewrite,
+    timeout, upgrades): the split, no timeout (0s disables Envoy's 15 s default) and no retry
+    policy — conformance `timeout` and `retry` require both; a legacy per-path timeout is honoured."""
+    weighted = b"".join(length_delimited(_WEIGHTED_CLUSTERS, _cluster_weight(s)) for s in path.splits)
+    action = length_delimited(_ACTION_WEIGHTED, weighted)
     if path.rewrite_host:
-        action.host_rewrite_literal = path.rewrite_host
-    return serialized(rc.Route(route=action))
+        action += length_delimited(_ACTION_HOST_REWRITE, path.rewrite_host.encode())
+    action += _timeout_and_upgrades(path.timeout_seconds or 0.0)
+    return length_delimited(_ROUTE_ACTION, action)
 
 
-_WEBSOCKET = rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))
+def _cluster_weight(split: Split) -> bytes:
+    name = length_delimited(_WEIGHT_NAME, names.cluster_name(split.service_namespace, split.service_name).encode())
+    return name + _weight(split.percent) + b"".join(length_delimited(_WEIGHT_HEADERS, _header_option(k, v)) for k, v in split.append_headers)
+
+
+@functools.cache
+def _weight(percent: int) -> bytes:
+    return serialized(rc.WeightedCluster.ClusterWeight(weight=wrappers_pb2.UInt32Value(value=percent)))
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout_and_upgrades(seconds: float) -> bytes:
+    timeout = duration_pb2.Duration()
+    if seconds:
+        timeout.FromNanoseconds(round(seconds * 1e9))
+    upgrade = rc.RouteAction.UpgradeConfig(upgrade_type="websocket", enabled=wrappers_pb2.BoolValue(value=True))
+    return serialized(rc.RouteAction(timeout=timeout, upgrade_configs=[upgrade]))
+
+
 _REDIRECT = serialized(rc.Route(redirect=rc.RedirectAction(https_redirect=True)))
 
 
