@@ -279,7 +279,11 @@ class SotwStream:
             # the others (xds-protocol.md §2.4), so an endpoint flip is one assignment on the wire.
             sent = self._diff(type_url, desired, state.acked_resources)
         nonce = self._sending(type_url, state, version, desired, serial, len(sent))
-        return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[desired[n].body for n in sent])
+        response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
+        add = response.resources.add  # each resource's bytes copied once, into the response
+        for name in sent:
+            add(type_url=desired[name].type_url, value=desired[name].data)
+        return response
 
     def _sending(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int, count: int) -> str:
         """Record a response about to go out (`count` resources on the wire); returns its nonce."""
