@@ -10,7 +10,7 @@ bytes are the same as the messages' deterministic encoding.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -64,13 +64,8 @@ class IngressVirtualHosts:
     clusters: frozenset[str]  # every cluster a route of this Ingress names
 
 
-def probe_copy(path: Path, digest: str) -> Path:
-    """Knative's InsertProbe: the path matching `K-Network-Hash: override`, answering the hash."""
-    return replace(
-        path,
-        headers=tuple(sorted({**dict(path.headers), names.PROBE_HASH_HEADER: names.PROBE_OVERRIDE}.items())),
-        append_headers=tuple(sorted({**dict(path.append_headers), names.PROBE_HASH_HEADER: digest}.items())),
-    )
+def _with(pairs: tuple[tuple[str, str], ...], name: str, value: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({**dict(pairs), name: value}.items()))
 
 
 def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disabled: bool = False, ext_authz: bool = False) -> IngressVirtualHosts:
@@ -117,14 +112,16 @@ class _RouteBodies:
         if built is None:
             # Field order: match, route | redirect, request_headers_to_add, typed_per_filter_config.
             opt_out = _acme_opt_out() if self._ext_authz and path.path.startswith(extensions.ACME_CHALLENGE_PREFIX) else b""
-            probe = probe_copy(path, self._digest)
+            # Knative's InsertProbe: a copy matching `K-Network-Hash: override` answers the hash.
+            prefix = path.path or "/"
+            probe_match = _match(prefix, _with(path.headers, names.PROBE_HASH_HEADER, names.PROBE_OVERRIDE))
             if redirected:
-                built = (_match(probe) + _REDIRECT + opt_out, _match(path) + _REDIRECT + opt_out)
+                built = (probe_match + _REDIRECT + opt_out, _match(prefix, path.headers) + _REDIRECT + opt_out)
             else:
                 action = _forward_action(path)
                 built = (
-                    _match(probe) + action + _route_headers(probe.append_headers) + opt_out,
-                    _match(path) + action + _route_headers(path.append_headers) + opt_out,
+                    probe_match + action + _route_headers(_with(path.append_headers, names.PROBE_HASH_HEADER, self._digest)) + opt_out,
+                    _match(prefix, path.headers) + action + _route_headers(path.append_headers) + opt_out,
                 )
             self._built[(path, redirected)] = built
         return built
@@ -172,14 +169,14 @@ def _route_name(ingress_key: str, host: str, path: str) -> bytes:
     return length_delimited(_ROUTE_NAME, names.route_name(ingress_key, host, path).encode())
 
 
-def _match(path: Path) -> bytes:
+def _match(prefix: str, pairs: tuple[tuple[str, str], ...]) -> bytes:
     headers = [
         rc.HeaderMatcher(name=n, string_match=string_pb2.StringMatcher(exact=v))
         if v
         else rc.HeaderMatcher(name=n, present_match=True)
-        for n, v in path.headers
+        for n, v in pairs
     ]
-    return serialized(rc.Route(match=rc.RouteMatch(prefix=path.path or "/", headers=headers)))
+    return serialized(rc.Route(match=rc.RouteMatch(prefix=prefix, headers=headers)))
 
 
 def _route_headers(pairs: tuple[tuple[str, str], ...]) -> bytes:
