@@ -187,12 +187,14 @@ class SotwStream:
 
     @staticmethod
     def _subscribe(state: TypeState, names: Iterable[str], *, prune: bool) -> None:
-        wanted = set(names)
-        explicit = wanted - {WILDCARD}
+        wanted = frozenset(names)
+        explicit = wanted - {WILDCARD} if WILDCARD in wanted else wanted
         # Legacy wildcard: an empty list means "everything" until a name was ever given (§4).
-        state.wildcard = WILDCARD in wanted or (not wanted and not state.named_explicitly)
+        wildcard = WILDCARD in wanted or (not wanted and not state.named_explicitly)
         state.named_explicitly = state.named_explicitly or bool(explicit)
-        state.names = frozenset(explicit)
+        # A SotW ACK repeats every subscribed name (20,000 route configurations at 10,000
+        # Ingresses): the same set keeps the same object, so what was memoised on it holds.
+        state.wildcard, state.names = wildcard, state.names if explicit == state.names else explicit
         if prune and not state.wildcard and state.acked is not None and state.acked.resources.keys() - state.names:
             # Names no longer asked for are dropped by the gateway (a removed scope's routes): what
             # it holds no longer keeps their clusters in CDS.
