@@ -383,15 +383,10 @@ def _gc_paused(*, freeze: bool) -> Iterator[None]:
 def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot,
                corrupt_cluster: str, kourier_algorithm: bool = False, priming: bool = False) -> tuple[GatewayConfig, Snapshot]:
     with _gc_paused(freeze=priming):
-        return _translate_world(world, gateway, serial, cache, previous, corrupt_cluster, kourier_algorithm)
-
-
-def _translate_world(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot,
-                     corrupt_cluster: str, kourier_algorithm: bool) -> tuple[GatewayConfig, Snapshot]:
-    config = translate(world, gateway, cache)
-    if corrupt_cluster:
-        config = faults.corrupt_cluster(config, corrupt_cluster)
-    if kourier_algorithm:
-        config = baseline.inline_endpoints(config)
-        return config, baseline.fresh_versions(build_snapshot(config, serial))
-    return config, build_snapshot(config, serial, previous)
+        config = translate(world, gateway, cache)
+        if corrupt_cluster:
+            config = faults.corrupt_cluster(config, corrupt_cluster)
+        if kourier_algorithm:
+            config = baseline.inline_endpoints(config)
+            return config, baseline.fresh_versions(build_snapshot(config, serial))
+        return config, build_snapshot(config, serial, previous)

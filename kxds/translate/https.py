@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from kxds.model.config import KourierConfig
