@@ -16,7 +16,7 @@ from kxds.model.ingress import Ingress
 from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service, ServicePort
 from kxds.model.world import World
-from kxds.settings import GatewaySettings
+from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import clusters, extensions, listeners, names, routes, scopes, tls
 from kxds.translate.https import HttpsPlan
 from kxds.translate.encoded import Encoded, RouteTable, encode
@@ -162,7 +162,7 @@ def retranslate_ingress(world: World, gateway: GatewaySettings, cache: Translati
     can change. `world` is the last full translation's (only Ingresses changed since). Returns
     None when anything else may depend on the change: the caller then translates the world."""
     known = cache.ingresses.get(ingress.key)
-    if gateway.route_layout != scopes.SCOPED or known is None:
+    if gateway.route_layout != SCOPED_LAYOUT or known is None:
         return None
     before, old = known[0][0], known[1]
     if not isinstance(before, Ingress) or not old.outcome.programmed or old.outcome.reason:
@@ -188,7 +188,7 @@ class _Plan:
         # The legacy KOURIER_EXTAUTHZ_* environment wins over config-kourier's keys, as in Kourier.
         self.kourier = world.kourier if gateway.ext_authz is None else replace(world.kourier, ext_authz=gateway.ext_authz)
         self.ext_authz = self.kourier.ext_authz is not None
-        self.scoped = gateway.route_layout == scopes.SCOPED
+        self.scoped = gateway.route_layout == SCOPED_LAYOUT
         self.outcomes: dict[str, Outcome] = {}
         self.backends: dict[str, _Backend] = {}
         self.external: list[Encoded] = []

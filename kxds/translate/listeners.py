@@ -20,7 +20,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from kxds.model.config import KourierConfig
-from kxds.settings import GatewaySettings
+from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import extensions, names, scopes, tls
 from kxds.translate.clusters import ads_source, packed, tls_socket
 from kxds.xds.type_urls import ROUTE, SECRET
@@ -44,7 +44,7 @@ def plain_listeners(gateway: GatewaySettings, kourier: KourierConfig) -> list[li
     Proxy protocol, when on, applies to the external listener only: the internal and probe
     listeners are reached directly by pods and the prober, never through a load balancer."""
     ports, addresses = gateway.ports, listen_addresses(gateway, kourier)
-    scoped = gateway.route_layout == scopes.SCOPED
+    scoped = gateway.route_layout == SCOPED_LAYOUT
     return [
         _listener(addresses, ports.external_http, names.EXTERNAL_ROUTES, kourier, proxy_protocol=kourier.enable_proxy_protocol, scoped=scoped),
         _listener(addresses, ports.internal_http, names.INTERNAL_ROUTES, kourier, proxy_protocol=False, scoped=scoped),

@@ -20,12 +20,9 @@ from envoy.config.route.v3 import scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 
-from kxds.settings import SCOPED_LAYOUT
 from kxds.translate.clusters import packed
 from kxds.translate.encoded import Encoded, RouteTable, content_version, length_delimited
 from kxds.xds.type_urls import ROUTE
-
-SCOPED = SCOPED_LAYOUT
 
 # Set by the listener on every request (never trusted from the client), read by the scope key.
 LISTENER_HEADER = "x-kxds-listener"

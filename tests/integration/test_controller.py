@@ -91,7 +91,7 @@ async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_re
 
 async def test_an_edited_ingress_takes_the_route_fast_path_in_the_scoped_layout_and_matches_a_full_rebuild() -> None:
     from tests.builders import backend, ingress, path, rule, split
-    from kxds.translate.scopes import SCOPED
+    from kxds.settings import SCOPED_LAYOUT
     from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
     def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
@@ -103,12 +103,12 @@ async def test_an_edited_ingress_takes_the_route_fast_path_in_the_scoped_layout_
         return docs + [d for n in range(6) for d in backend(f"s{n}", 8000 + n)]
 
     async def full(docs: list[dict[str, Any]]) -> Snapshot:
-        reference = Controller(Fleet(Snapshot(serial=0, resources={}), Metrics()), GatewaySettings(route_layout=SCOPED), Metrics())
+        reference = Controller(Fleet(Snapshot(serial=0, resources={}), Metrics()), GatewaySettings(route_layout=SCOPED_LAYOUT), Metrics())
         reference.apply(parsed(docs))
         return await reference.rebuild()
 
     fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
-    controller = Controller(fleet, GatewaySettings(route_layout=SCOPED), Metrics())
+    controller = Controller(fleet, GatewaySettings(route_layout=SCOPED_LAYOUT), Metrics())
     controller.apply(parsed(world()))
     before = await controller.rebuild()
     with structlog.testing.capture_logs() as logs:

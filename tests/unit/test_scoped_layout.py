@@ -11,7 +11,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from kxds.settings import GatewaySettings
+from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import scopes
 from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, TranslationCache, translate
 from kxds.xds import stream as xs
@@ -22,7 +22,7 @@ from tests.builders import backend, ingress, path, rule, split
 from tests.unit.test_incremental import world
 from tests.unit.test_stream import ack, request
 
-SCOPED = GatewaySettings(route_layout=scopes.SCOPED)
+SCOPED = GatewaySettings(route_layout=SCOPED_LAYOUT)
 
 
 def docs(count: int = 2, marker: str = "0") -> list[dict[str, Any]]:
