@@ -7,6 +7,8 @@ RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
+# Where file mode keeps kxds's xDS CA (a volume in docker-compose.yml), owned by kxds's user.
+RUN mkdir -p /pki && chown 65532:65532 /pki
 USER 65532:65532
 EXPOSE 18000 9090
 ENTRYPOINT ["kxds"]

@@ -31,7 +31,7 @@ import yaml
 
 from bench.generate import endpoint_slice, host, ingress, revision_objects
 from bench.plot import plot
-from kxds.bootstrap import render_bootstrap
+from kxds.bootstrap import XdsClientPki, render_bootstrap
 from kxds.envoy_process import start_envoy
 # The e2e tests' real loopback parts: echo backends in a thread, free ports.
 from tests.e2e.harness import LOCAL, Backends, connectable, free_port
@@ -114,6 +114,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
             [sys.executable, "-m", "kxds", "serve", "--source", str(source), "--xds-address", f"{LOCAL}:{ports['xds']}",
              "--admin-address", f"{LOCAL}:{ports['admin']}", "--listen-address", LOCAL, "--external-http-port", str(ports["external"]),
              "--internal-http-port", str(ports["internal"]), "--probe-http-port", str(ports["probe"]), "--log-level", "info",
+             "--xds-pki-dir", str(workdir / "pki"),  # the default: mutual TLS with kxds's own CA
              *(["--kourier-algorithm"] if mode == "kourier" else []), *(["--route-layout", "scoped"] if mode.endswith("-scoped") else [])],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -122,7 +123,9 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
         cold = wait(lambda: connectable(ports["admin"]), 600, 0.05)
         kxds_cpu_primed = proc_cpu_seconds(kxds.pid)
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
-        envoy = start_envoy(render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode.startswith("delta")), workdir / f"envoy-{n}", log=envoy_log)
+        bootstrap = render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode.startswith("delta"),
+                                     tls=XdsClientPki(directory=str(workdir / "pki" / "gateway")))
+        envoy = start_envoy(bootstrap, workdir / f"envoy-{n}", log=envoy_log)
 
         def all_ready() -> bool:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import secrets
 import signal
@@ -11,6 +12,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,11 +24,17 @@ from kxds import __version__
 from kxds.controller import Controller, IngressStatus
 from kxds.metrics import Metrics
 from kxds.model.objects import Filters, ObjectKey
-from kxds.settings import KubernetesSettings, Settings
+from kxds.pki import GATEWAY_IDENTITY
+from kxds.pki_store import DirectoryStore, Provisioner, SecretStore
+from kxds.settings import CA_SECRET_NAME, KubernetesSettings, Settings
 from kxds.sources.files import FileSource
+from kxds.xds.credentials import provisioned_credentials, server_credentials
 from kxds.xds.fleet import Fleet
-from kxds.xds.server import XdsServer
+from kxds.xds.server import PeerPolicy, XdsServer
 from kxds.xds.snapshot import Snapshot
+
+# The Service kxds's gateways dial in a cluster (Kourier's name).
+CONTROLLER_SERVICE = "net-kourier-controller"
 
 log = structlog.get_logger("kxds")
 
@@ -39,6 +47,8 @@ class Running:
     admin_port: int
     # The watch and rebuild loops: they run until stopped, so one that ends has crashed.
     tasks: list[asyncio.Task[None]]
+    # File mode with kxds's own CA: the gateways' bundle directory (`kxds bootstrap --xds-pki`).
+    gateway_pki: Path | None = None
 
 
 @contextlib.asynccontextmanager
@@ -55,14 +65,23 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
     fleet.on_nack.append(controller.on_nack)
     filters = Filters(ingress_class=settings.ingress_class, system_namespace=settings.system_namespace)
     async with contextlib.AsyncExitStack() as stack:
+        api = None
+        if settings.kubernetes is not None:
+            from kxds.sources.kubernetes import api_client
+
+            api = kube_api or api_client(settings.kubernetes.kubeconfig)
+        credentials, policy, provisioner = await asyncio.to_thread(_xds_security, settings, api)
         # Prime: every object is read and translated before any gateway can connect, so a restarted
         # control plane never serves an empty or partial configuration.
+        leads: Callable[[], bool] = lambda: True  # noqa: E731 - file mode: this process is the only writer
         if settings.kubernetes is not None:
-            tasks = await stack.enter_async_context(_kubernetes_source(settings, settings.kubernetes, filters, controller, fleet, kube_api))
+            tasks, leads = await stack.enter_async_context(_kubernetes_source(settings, settings.kubernetes, filters, controller, fleet, api))
         else:
             tasks = _file_source(settings, filters, controller, metrics)
+        if provisioner is not None:
+            tasks.append(asyncio.create_task(_renew_gateway_bundle(provisioner, leads, settings.pki.leaf_lifetime_seconds)))
         await controller.rebuild()
-        xds = XdsServer(fleet, settings.xds_address, settings.xds_tls)
+        xds = XdsServer(fleet, settings.xds_address, credentials, policy)
         await xds.start()
         stack.push_async_callback(xds.stop)
         await xds.set_serving()
@@ -76,8 +95,58 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         stack.push_async_callback(_cancel, tasks)
         log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, ingress_class=settings.ingress_class,
                  source="kubernetes" if settings.kubernetes is not None else str(settings.source_dir))
-        yield Running(controller, fleet, xds.port, bound_admin, tasks)
+        gateway_pki = provisioner.store.gateway_dir if provisioner is not None and isinstance(provisioner.store, DirectoryStore) else None
+        yield Running(controller, fleet, xds.port, bound_admin, tasks, gateway_pki)
     log.info("kxds.stopped")
+
+
+def _xds_security(settings: Settings, api: Any) -> tuple[Any, PeerPolicy, Provisioner | None]:
+    """Credentials and peer policy of the xDS port (see Settings: own CA, operator files, or --insecure)."""
+    if settings.xds_tls is not None:
+        if settings.xds_tls.ca is None:
+            log.warning("xds.insecure", risk="--insecure with server-only TLS: any client that reaches the xDS port is served "
+                        "configuration and private keys, and its NACKs can hold Ingresses out")
+        return server_credentials(settings.xds_tls), PeerPolicy(None if settings.xds_tls.ca is None else ""), None
+    if settings.insecure:
+        log.warning("xds.insecure", risk="--insecure: plaintext xDS; any client that reaches the xDS port is served configuration "
+                    "and private keys, and its NACKs can hold Ingresses out")
+        return None, PeerPolicy(None), None
+    if settings.kubernetes is not None:
+        ca_ref = settings.pki.ca_secret or f"{settings.system_namespace}/{CA_SECRET_NAME}"
+        store: Any = SecretStore(api, ca_ref, settings.pki.gateway_secret)
+    else:
+        if settings.pki.directory is None:
+            raise ValueError("a PKI directory is required for the provisioned xDS CA in file mode")
+        store = DirectoryStore(settings.pki.directory)
+    names = _server_names(settings)
+    provisioner = Provisioner(store, names, datetime.timedelta(seconds=settings.pki.leaf_lifetime_seconds))
+    provisioner.ensure_gateway_bundle()
+    log.info("xds.mtls", server_names=list(names), gateway_bundle=settings.pki.gateway_secret if settings.kubernetes else str(store.gateway_dir))
+    return provisioned_credentials(provisioner), PeerPolicy(GATEWAY_IDENTITY), provisioner
+
+
+def _server_names(settings: Settings) -> tuple[str, ...]:
+    """Every name a gateway may dial kxds by: the configured ones, the xDS address's host, and in a
+    cluster the controller Service's short and long names."""
+    names = list(settings.pki.server_names)
+    host = split_address(settings.xds_address)[0]
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(host)
+    if settings.kubernetes is not None:
+        service = f"{CONTROLLER_SERVICE}.{settings.system_namespace}"
+        names += [CONTROLLER_SERVICE, service, f"{service}.svc", f"{service}.svc.{settings.kubernetes.cluster_domain}"]
+    return tuple(dict.fromkeys(names))
+
+
+async def _renew_gateway_bundle(provisioner: Provisioner, leads: Callable[[], bool], lifetime_seconds: float) -> None:
+    """Re-issue the gateways' certificate before it expires (the leader only, in a cluster)."""
+    while True:
+        await asyncio.sleep(min(max(lifetime_seconds / 30, 0.5), 600.0))
+        if leads():
+            try:
+                await asyncio.to_thread(provisioner.ensure_gateway_bundle)
+            except Exception:  # the API may be briefly unreachable: the next round tries again
+                log.exception("pki.renewal_failed")
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -96,15 +165,14 @@ def _file_source(settings: Settings, filters: Filters, controller: Controller, m
 
 @contextlib.asynccontextmanager
 async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filters: Filters, controller: Controller, fleet: Fleet,
-                             api: Any) -> AsyncIterator[list[asyncio.Task[None]]]:
+                             api: Any) -> AsyncIterator[tuple[list[asyncio.Task[None]], Callable[[], bool]]]:
     from kxds.leader import LeaderElector, LeaseSettings
     from kxds.model.ingress import Ingress
     from kxds.prober import GATEWAY_SERVICE, Prober
-    from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, api_client, ingress_status_patcher
+    from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, ingress_status_patcher
     from kxds.status import LoadBalancers, StatusWriter
 
     identity = kube.identity or f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
-    api = api or api_client(kube.kubeconfig)
     api.user_agent = f"kxds/{__version__} ({identity})"
     prober = Prober(settings.gateway.ports)
 
@@ -142,7 +210,7 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
     try:
         await source.primed()
         leads = (lambda: elector.is_leader) if elector is not None else (lambda: True)
-        yield [asyncio.create_task(_write_statuses(writer, prober, controller, fleet, leads, leadership))]
+        yield [asyncio.create_task(_write_statuses(writer, prober, controller, fleet, leads, leadership))], leads
     finally:
         await source.stop()
         if elector is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from kxds.model.fields import host_port
+from kxds.pki import CA_FILE, GATEWAY_SDS_SECRET, SDS_FILE
 from kxds.settings import DEFAULT_NODE_CLUSTER, DEFAULT_NODE_ID
 
 # The admin paths Kourier's stats listener exposes (GET), plus POST /drain_listeners.
@@ -44,13 +45,28 @@ class XdsClientTls:
     key: str = ""
 
 
-def _tls_socket(tls: XdsClientTls, host: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XdsClientPki:
+    """kxds's own CA (the default): the directory, as the gateway sees it, holding the bundle kxds
+    provisions (`ca.crt`, and `sds.yaml` with the gateway's certificate). Envoy re-reads the
+    certificate whenever the directory changes, so a rotation needs no restart."""
+
+    directory: str
+
+
+def _tls_socket(tls: XdsClientTls | XdsClientPki, host: str) -> dict[str, Any]:
     san = {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
+    ca = f"{tls.directory.rstrip('/')}/{CA_FILE}" if isinstance(tls, XdsClientPki) else tls.ca
     context: dict[str, Any] = {
         "alpn_protocols": ["h2"],
-        "validation_context": {"trusted_ca": {"filename": tls.ca}, "match_typed_subject_alt_names": [san]},
+        "validation_context": {"trusted_ca": {"filename": ca}, "match_typed_subject_alt_names": [san]},
     }
-    if tls.cert:
+    if isinstance(tls, XdsClientPki):
+        directory = tls.directory.rstrip("/")
+        source = {"path_config_source": {"path": f"{directory}/{SDS_FILE}", "watched_directory": {"path": directory}},
+                  "resource_api_version": "V3"}
+        context["tls_certificate_sds_secret_configs"] = [{"name": GATEWAY_SDS_SECRET, "sds_config": source}]
+    elif tls.cert:
         context["tls_certificates"] = [{"certificate_chain": {"filename": tls.cert}, "private_key": {"filename": tls.key}}]
     upstream: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -62,7 +78,7 @@ def _tls_socket(tls: XdsClientTls, host: str) -> dict[str, Any]:
 
 
 def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_ID, stats_port: int = 0, trim_stats: bool = False,
-              tls: XdsClientTls | None = None, delta: bool = False) -> dict[str, Any]:
+              tls: XdsClientTls | XdsClientPki | None = None, delta: bool = False) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     clusters: list[dict[str, Any]] = [
@@ -97,7 +113,10 @@ def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "rate_limit_settings": {},
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+                # Reconnect quickly when kxds restarts: Envoy's default backoff grows to 30 s, so a
+                # change made while kxds was down could wait that long to arrive.
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster", "retry_policy": {
+                    "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}}}}],
             },
             "cds_config": ads_source,
             "lds_config": ads_source,

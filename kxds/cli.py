@@ -13,8 +13,8 @@ from typing import Any
 
 from kxds.model.config import ExtAuthzConfig, parse_ext_authz
 from kxds.model.errors import FieldError
-from kxds.settings import (DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, KOURIER_LAYOUT, ROUTE_LAYOUTS, GatewaySettings, KubernetesSettings, Ports,
-                           Settings, XdsTls)
+from kxds.settings import (DEFAULT_GATEWAY_PKI_DIR, DEFAULT_GATEWAY_PKI_SECRET, DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, KOURIER_LAYOUT,
+                           ROUTE_LAYOUTS, GatewaySettings, KubernetesSettings, Ports, Settings, XdsPki, XdsTls)
 
 
 def _env_name(flag: str) -> str:
@@ -52,6 +52,25 @@ def _source_flag(parser: argparse.ArgumentParser, *, required: bool = True, defa
     _flag(parser, "--source", type=Path, required=required, default=default, help="directory of Kubernetes YAML/JSON documents")
 
 
+def default_pki_dir() -> Path:
+    """Where file mode keeps kxds's CA: $XDG_STATE_HOME/kxds/pki (~/.local/state/kxds/pki)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "kxds" / "pki"
+
+
+def _security_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--insecure", action="store_true",
+          help="serve xDS without authenticating gateways (plaintext, or server-only TLS): any client reaching the port gets "
+               "configuration and private keys. Only for Kourier's stock gateways on a locked-down network")
+    _flag(parser, "--xds-pki-dir", default=str(default_pki_dir()),
+          help="file mode: where kxds keeps its xDS CA; the gateways' bundle (for kxds bootstrap --xds-pki) is DIR/gateway")
+    _flag(parser, "--xds-server-name", default="", help="extra comma-separated names (DNS or IP) for kxds's xDS certificate")
+    _flag(parser, "--gateway-pki-secret", default=DEFAULT_GATEWAY_PKI_SECRET,
+          help="Kubernetes mode: NAMESPACE/NAME of the Secret holding the gateways' bundle (mounted at /etc/kxds/xds)")
+    # Test-only: certificate lifetimes short enough to watch a rotation happen.
+    parser.add_argument("--test-leaf-lifetime", type=float, default=float(os.environ.get("KXDS_TEST_LEAF_LIFETIME", "0")), help=argparse.SUPPRESS)
+
+
 def _log_flag(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
 
@@ -77,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--xds-tls-cert", default="", help="serve xDS over TLS with this certificate (PEM; re-read when it changes)")
     _flag(serve, "--xds-tls-key", default="", help="private key of --xds-tls-cert (PEM)")
     _flag(serve, "--xds-tls-ca", default="", help="require gateways to present a client certificate signed by this CA (mTLS)")
+    _security_flags(serve)
     _gateway_flags(serve)
     # Test-only fault injection (tests/e2e/test_nack.py), deliberately left out of --help.
     serve.add_argument("--test-corrupt-cluster", default=os.environ.get("KXDS_TEST_CORRUPT_CLUSTER", ""), help=argparse.SUPPRESS)
@@ -91,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(boot, "--configmap", default="", help="NAMESPACE/NAME: print it wrapped in that ConfigMap (key envoy-bootstrap.yaml)")
     _flag(boot, "--trim-stats", action="store_true", help="drop per-cluster statistics (much less Envoy memory at thousands of services)")
     _flag(boot, "--delta", action="store_true", help="incremental xDS (api_type DELTA_GRPC) instead of state of the world")
-    _flag(boot, "--xds-tls-ca", default="", help="connect to kxds over TLS, trusting this CA file (a path on the gateway)")
+    _flag(boot, "--xds-pki", default=DEFAULT_GATEWAY_PKI_DIR,
+          help="directory on the gateway holding the bundle kxds provisions (ca.crt, sds.yaml): mutual TLS with kxds's own CA")
+    _flag(boot, "--insecure", action="store_true", help="plaintext xDS (only against kxds serve --insecure)")
+    _flag(boot, "--xds-tls-ca", default="", help="operator-managed TLS instead: trust this CA file (a path on the gateway)")
     _flag(boot, "--xds-tls-cert", default="", help="client certificate file the gateway presents to kxds (mTLS)")
     _flag(boot, "--xds-tls-key", default="", help="private key file of --xds-tls-cert")
 
@@ -104,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "--xds-address", default="127.0.0.1:18000", help="gRPC ADS address")
     _flag(run, "--admin-address", default="127.0.0.1:9090", help="kxds admin HTTP address")
     _flag(run, "--envoy-admin-port", type=int, default=9901, help="Envoy admin port")
+    _security_flags(run)
     _flag(run, "--echo-ports", default="8001,8002", help="comma-separated ports for sample backends ('' for none)")
     _gateway_flags(run)
     _log_flag(run)
@@ -193,9 +217,22 @@ def settings_from(args: argparse.Namespace) -> Settings:
         system_namespace=args.system_namespace,
         gateway=gateway_settings(args),
         xds_tls=_xds_tls(args),
+        pki=_pki(args, kubernetes),
+        insecure=_switched_on(getattr(args, "insecure", False)),
         test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
         kourier_algorithm=bool(getattr(args, "kourier_algorithm", False)),
     )
+
+
+def _pki(args: argparse.Namespace, kubernetes: KubernetesSettings | None) -> XdsPki:
+    extra = tuple(n.strip() for n in str(getattr(args, "xds_server_name", "")).split(",") if n.strip())
+    secret = str(getattr(args, "gateway_pki_secret", DEFAULT_GATEWAY_PKI_SECRET))
+    if kubernetes is not None and secret.count("/") != 1:
+        raise SystemExit(f"kxds serve: --gateway-pki-secret: {secret!r} is not NAMESPACE/NAME")
+    pki = XdsPki(directory=Path(args.xds_pki_dir), gateway_secret=secret, server_names=XdsPki().server_names + extra)
+    if args.test_leaf_lifetime:
+        pki = XdsPki(directory=pki.directory, gateway_secret=secret, server_names=pki.server_names, leaf_lifetime_seconds=args.test_leaf_lifetime)
+    return pki
 
 
 def _xds_tls(args: argparse.Namespace) -> XdsTls | None:
@@ -204,6 +241,9 @@ def _xds_tls(args: argparse.Namespace) -> XdsTls | None:
         return None
     if not (cert and key):
         raise SystemExit("kxds serve: --xds-tls-cert and --xds-tls-key go together (--xds-tls-ca adds client verification)")
+    if not ca and not _switched_on(getattr(args, "insecure", False)):
+        raise SystemExit("kxds serve: --xds-tls-cert without --xds-tls-ca does not authenticate gateways: "
+                         "add --xds-tls-ca CA, or --insecure to serve every client that reaches the port")
     for flag, value in (("--xds-tls-cert", cert), ("--xds-tls-key", key), ("--xds-tls-ca", ca)):
         if value and not Path(value).is_file():
             raise SystemExit(f"kxds serve: {flag}: no such file {value}")
@@ -221,11 +261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(serve(settings_from(args)))
         case "bootstrap":
-            from kxds.bootstrap import XdsClientTls, render_bootstrap, render_bootstrap_configmap
+            from kxds.bootstrap import XdsClientPki, XdsClientTls, render_bootstrap, render_bootstrap_configmap
 
             if bool(args.xds_tls_cert) != bool(args.xds_tls_key) or (args.xds_tls_cert and not args.xds_tls_ca):
                 raise SystemExit("kxds bootstrap: --xds-tls-cert and --xds-tls-key go together, with --xds-tls-ca")
-            tls = XdsClientTls(ca=args.xds_tls_ca, cert=args.xds_tls_cert, key=args.xds_tls_key) if args.xds_tls_ca else None
+            tls: XdsClientTls | XdsClientPki | None = XdsClientPki(directory=args.xds_pki)
+            if args.xds_tls_ca:
+                tls = XdsClientTls(ca=args.xds_tls_ca, cert=args.xds_tls_cert, key=args.xds_tls_key)
+            elif _switched_on(args.insecure):
+                tls = None
             options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port),
                        "trim_stats": _switched_on(args.trim_stats), "tls": tls, "delta": _switched_on(args.delta)}
             if args.configmap:

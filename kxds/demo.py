@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from kxds.app import running, wait_for_signal
-from kxds.bootstrap import render_bootstrap
+from kxds.bootstrap import XdsClientPki, render_bootstrap
 from kxds.echo import serve_echo
 from kxds.envoy_process import start_envoy
 from kxds.model.ingress import Ingress, Visibility
@@ -22,7 +22,9 @@ async def run_demo(settings: Settings, *, envoy_admin_port: int, echo_ports: lis
     backends = [asyncio.create_task(serve_echo("127.0.0.1", port, f"echo-{port}", stop)) for port in echo_ports]
     async with running(settings) as plane:
         workdir = Path(tempfile.mkdtemp(prefix="kxds-demo-"))
-        bootstrap = render_bootstrap(f"127.0.0.1:{plane.xds_port}", envoy_admin_port)
+        # The gateway proves who it is with the certificate kxds provisioned (unless --insecure).
+        tls = XdsClientPki(directory=str(plane.gateway_pki)) if plane.gateway_pki is not None else None
+        bootstrap = render_bootstrap(f"127.0.0.1:{plane.xds_port}", envoy_admin_port, tls=tls)
         with open(workdir / "envoy.log", "wb") as envoy_log:
             envoy = start_envoy(bootstrap, workdir, log=envoy_log)
             try:

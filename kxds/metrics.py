@@ -12,6 +12,7 @@ class Metrics:
         self.responses = Counter("kxds_xds_responses", "xDS responses sent", ["type"], registry=r)
         self.acks = Counter("kxds_xds_acks", "xDS responses acknowledged by a gateway", ["type"], registry=r)
         self.nacks = Counter("kxds_xds_nacks", "xDS responses rejected by a gateway", ["type"], registry=r)
+        self.unknown_types = Counter("kxds_xds_unknown_type_requests", "xDS requests for a type kxds does not serve", registry=r)
         self.stale = Counter("kxds_xds_stale_nonces", "xDS requests ignored for a stale nonce", ["type"], registry=r)
         self.gateways = Gauge("kxds_connected_gateways", "Envoy gateways with an open ADS stream", registry=r)
         self.build_seconds = Histogram(

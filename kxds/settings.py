@@ -72,12 +72,35 @@ class XdsTls:
     ca: Path | None = None
 
 
+# The Secret the gateways mount (the bundle `kxds bootstrap` points at) and where it is mounted.
+DEFAULT_GATEWAY_PKI_SECRET = "kourier-system/kxds-gateway-xds"
+DEFAULT_GATEWAY_PKI_DIR = "/etc/kxds/xds"
+CA_SECRET_NAME = "kxds-xds-ca"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XdsPki:
+    """kxds's own CA for mutual TLS on the xDS port (the default): where it is kept, and the names
+    the server certificate carries (every address a gateway may dial)."""
+
+    directory: Path | None = None  # file mode: the CA and the gateways' bundle (DIR/gateway/)
+    ca_secret: str = ""  # Kubernetes mode, "ns/name"; default <system namespace>/kxds-xds-ca
+    gateway_secret: str = DEFAULT_GATEWAY_PKI_SECRET  # Kubernetes mode: the bundle gateways mount
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    leaf_lifetime_seconds: float = 90 * 24 * 3600
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     source_dir: Path | None = None
     kubernetes: KubernetesSettings | None = None
     xds_address: str = "0.0.0.0:18000"
-    xds_tls: XdsTls | None = None  # None: plaintext, as Kourier
+    # How gateways authenticate: kxds's own CA (default); operator-managed certificate files
+    # (`xds_tls`, with a CA for client certificates); or, only with `insecure`, nobody (plaintext
+    # or server-only TLS, as Kourier: every client is trusted as a gateway).
+    xds_tls: XdsTls | None = None
+    pki: XdsPki = field(default_factory=XdsPki)
+    insecure: bool = False
     admin_address: str = "127.0.0.1:9090"
     ingress_class: str = DEFAULT_INGRESS_CLASS
     system_namespace: str = "knative-serving"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -92,3 +93,14 @@ def _san(name: str) -> x509.GeneralName:
 def tls_secret(name: str, namespace: str, cert: bytes, key: bytes) -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": name, "namespace": namespace},
             "stringData": {"tls.crt": cert.decode(), "tls.key": key.decode()}}
+
+
+def write_gateway_bundle(directory: Path) -> Path:
+    """A gateway bundle as kxds provisions it (ca.crt, sds.yaml), for bootstraps Envoy validates."""
+    from kxds.pki import Authority, gateway_bundle
+
+    authority = Authority.create()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in gateway_bundle(authority, authority.issue_gateway()).items():
+        (directory / name).write_bytes(data)
+    return directory

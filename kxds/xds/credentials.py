@@ -5,10 +5,12 @@ certificate applies to new connections without a restart."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import structlog
 
+from kxds.pki import Authority, Leaf
 from kxds.settings import XdsTls
 
 log = structlog.get_logger("kxds.xds")
@@ -48,3 +50,35 @@ class _Files:
 def server_credentials(tls: XdsTls) -> grpc.ServerCredentials:
     files = _Files(tls)
     return grpc.dynamic_ssl_server_credentials(files.configuration(), files.changed, require_client_authentication=tls.ca is not None)
+
+
+class _Provisioned(Protocol):
+    def server(self) -> tuple[Leaf, bool]: ...
+
+    @property
+    def authority(self) -> Authority: ...
+
+
+def provisioned_credentials(pki: _Provisioned) -> grpc.ServerCredentials:
+    """Mutual TLS with kxds's own CA: its gateways' certificates only, the server certificate
+    re-issued when due (new handshakes get it; established streams keep theirs)."""
+
+    def configuration(leaf: Leaf) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(leaf.key, leaf.cert)], root_certificates=pki.authority.pem)
+
+    def changed() -> grpc.ServerCertificateConfiguration | None:
+        leaf, reissued = pki.server()
+        return configuration(leaf) if reissued else None
+
+    return grpc.dynamic_ssl_server_credentials(configuration(pki.server()[0]), changed, require_client_authentication=True)
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> str:
+    """The verified identity of a TLS client (its certificate's common name, else its first
+    subject alternative name); "" for a plaintext or unauthenticated peer."""
+    auth = context.auth_context()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        values = auth.get(key) or []
+        if values:
+            return bytes(values[0]).decode(errors="replace")
+    return ""

@@ -1,7 +1,8 @@
 """Client Status Discovery Service (envoy.service.status.v3): what each connected gateway holds,
 as this control plane knows it from the ACKs and NACKs of its stream, for standard xDS tools.
 
-Every resource a gateway has acknowledged is reported with its version and body; resources of
+Every resource a gateway has acknowledged is reported with its version and body (a Secret with
+its version only: no key material ever leaves through CSDS); resources of
 the current snapshot it has not applied yet are NOT_SENT or STALE, and a NACKed type carries the
 rejection as error_state.
 """
@@ -18,6 +19,7 @@ from envoy.type.matcher.v3 import node_pb2, string_pb2
 from kxds.xds.fleet import Gateway
 from kxds.xds.snapshot import Snapshot
 from kxds.xds.stream import TypeState
+from kxds.xds.type_urls import SECRET
 
 GenericXdsConfig: Any = csds_pb2.ClientConfig.GenericXdsConfig
 
@@ -30,7 +32,9 @@ def client_status(gateways: Iterable[Gateway], snapshot: Snapshot, request: csds
             continue
         config = response.config.add(node=node, client_scope=f"gateway-{gateway.id}")
         for type_url, state in sorted(gateway.stream.types.items()):
-            config.generic_xds_configs.extend(_type_configs(type_url, state, snapshot, with_bodies=not request.exclude_resource_contents))
+            # A Secret is shown by name and version only: its body holds a private key.
+            bodies = not request.exclude_resource_contents and type_url != SECRET
+            config.generic_xds_configs.extend(_type_configs(type_url, state, snapshot, with_bodies=bodies))
     return response
 
 

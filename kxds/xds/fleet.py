@@ -16,12 +16,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 from kxds.metrics import Metrics
 from kxds.xds import stream as xs
 from kxds.xds.delta import DeltaStream
-from kxds.xds.snapshot import SHORT_NAMES, Snapshot
+from kxds.xds.snapshot import ORDER, SHORT_NAMES, Snapshot
 
 log = structlog.get_logger("kxds.xds")
 
 # Queue marker: the fleet's snapshot changed; the stream reads the newest one when it gets here.
 SNAPSHOT_CHANGED = object()
+_KNOWN_TYPES = frozenset(ORDER)
+MAX_TYPE_URL = 256
 CLOSED = object()
 # Requests read from a gateway but not yet handled. When full, kxds stops reading its stream and
 # gRPC flow control pushes back on the gateway: a flooding client cannot grow memory.
@@ -39,6 +41,8 @@ class Gateway:
     connected_at: float = field(default_factory=time.time)
     snapshot_queued: bool = False
     last_nack: str = ""
+    identity: str = ""  # the verified certificate identity; "" for a plaintext gateway (--insecure)
+    unknown_nonce: int = 0
 
     @property
     def peer_ip(self) -> str:
@@ -68,12 +72,12 @@ class Fleet:
                 gateway.snapshot_queued = True
                 gateway.inbox.put_nowait(SNAPSHOT_CHANGED)
 
-    def connect(self, peer: str, *, delta: bool = False) -> Gateway:
+    def connect(self, peer: str, *, delta: bool = False, identity: str = "") -> Gateway:
         stream = DeltaStream(self.snapshot) if delta else xs.SotwStream(self.snapshot)
-        gateway = Gateway(id=next(self._ids), peer=peer, stream=stream)
+        gateway = Gateway(id=next(self._ids), peer=peer, stream=stream, identity=identity)
         self.gateways[gateway.id] = gateway
         self._metrics.gateways.set(len(self.gateways))
-        log.info("xds.connect", gateway=gateway.id, peer=peer)
+        log.info("xds.connect", gateway=gateway.id, peer=peer, identity=identity)
         return gateway
 
     def disconnect(self, gateway: Gateway) -> None:
@@ -94,6 +98,8 @@ class Fleet:
             gateway.request_slots.release()
             if log.is_enabled_for(logging.DEBUG):
                 self._log_request(gateway, item)
+            if getattr(item, "type_url", None) not in _KNOWN_TYPES:
+                return self._unknown_type(gateway, item)
             if isinstance(item, discovery_pb2.DeltaDiscoveryRequest):
                 assert isinstance(stream, DeltaStream)
                 responses = stream.on_delta_request(item)
@@ -105,9 +111,21 @@ class Fleet:
         self._notify()
         return responses
 
+    def _unknown_type(self, gateway: Gateway, request: Any) -> list[Any]:
+        """A type kxds does not serve: answered with nothing (so a client is not left waiting),
+        counted, and never kept in the stream's state or in a metric label."""
+        self._metrics.unknown_types.inc()
+        if request.response_nonce or len(request.type_url) > MAX_TYPE_URL:
+            return []  # the ACK of our empty answer, or nothing a real client would ask for
+        gateway.unknown_nonce += 1
+        nonce = f"unknown-{gateway.unknown_nonce}"
+        if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
+            return [discovery_pb2.DeltaDiscoveryResponse(type_url=request.type_url, nonce=nonce)]
+        return [discovery_pb2.DiscoveryResponse(type_url=request.type_url, nonce=nonce)]
+
     @staticmethod
     def _log_request(gateway: Gateway, request: Any) -> None:
-        kind = SHORT_NAMES.get(request.type_url, request.type_url)
+        kind = SHORT_NAMES.get(request.type_url, "unknown")
         if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
             log.debug("xds.request", gateway=gateway.id, type=kind, nonce=request.response_nonce, subscribe=list(request.resource_names_subscribe[:20]),
                       unsubscribe=list(request.resource_names_unsubscribe[:20]), error=request.error_detail.message)
@@ -130,7 +148,7 @@ class Fleet:
             callback()
 
     def _record(self, gateway: Gateway, event: xs.Event) -> None:
-        kind = SHORT_NAMES.get(event.type_url, event.type_url)
+        kind = SHORT_NAMES[event.type_url]
         node = gateway.node_id
         match event:
             case xs.Sent(version=version, nonce=nonce, resources=count):
@@ -143,8 +161,19 @@ class Fleet:
                 self._metrics.nacks.labels(kind).inc()
                 gateway.last_nack = f"{kind} {version}: {message}"
                 log.warning("xds.nack", gateway=gateway.id, node=node, type=kind, version=version, error=message, resources=list(names[:50]))
+                accepted = [g.id for g in self.gateways.values() if g is not gateway and _holds(g, event.type_url, version)]
+                if accepted:
+                    # What this gateway rejects, others applied: holding it out would withdraw it
+                    # from them. This gateway keeps its last good configuration of the type.
+                    log.warning("xds.nack_disputed", gateway=gateway.id, type=kind, version=version, accepted_by=accepted)
+                    return
                 for callback in self.on_nack:
                     callback(event)
             case xs.StaleNonce(nonce=nonce):
                 self._metrics.stale.labels(kind).inc()
                 log.debug("xds.stale_nonce", gateway=gateway.id, node=node, type=kind, nonce=nonce)
+
+
+def _holds(gateway: Gateway, type_url: str, version: str) -> bool:
+    state = gateway.stream.types.get(type_url)
+    return state is not None and state.acked is not None and state.acked.version == version

@@ -6,6 +6,7 @@ Everything binds to 127.0.0.1 on free ports.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
-from kxds.bootstrap import render_bootstrap
+from kxds.bootstrap import XdsClientPki, render_bootstrap
 from kxds.echo import echo_app, serve_asgi
 from kxds.envoy_process import start_envoy
+from kxds.pki import bundle_leaf
 
 LOCAL = "127.0.0.1"
 
@@ -130,6 +133,10 @@ class ControlPlane:
         self.log_path = workdir / log_name
         self.xds_port, self.admin_port = xds_port or free_port(), free_port()
         self.ports = ports
+        # kxds's own CA by default (as a user gets it); the gateways mount DIR/gateway.
+        own_pki = not any(a in ("--insecure", "--xds-tls-cert") for a in extra_args)
+        self.gateway_pki: Path | None = workdir / "pki" / "gateway" if own_pki else None
+        pki_args = ["--xds-pki-dir", str(workdir / "pki")] if own_pki else []
         args = [
             sys.executable, "-m", "kxds", "serve",
             "--source", str(self.source),
@@ -143,6 +150,7 @@ class ControlPlane:
             "--internal-https-port", str(ports.internal_tls),
             "--probe-https-port", str(ports.probe_tls),
             "--log-level", "debug",
+            *pki_args,
             *extra_args,
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -150,6 +158,9 @@ class ControlPlane:
         wait_until(lambda: self.process.poll() is not None or self._admin_ok(), timeout=60, what="kxds to serve")
         if self.process.poll() is not None:
             raise RuntimeError(f"kxds exited:\n{self.log_path.read_text()}")
+        if own_pki and "--kubeconfig" in extra_args:
+            # Kubernetes mode keeps the gateways' bundle in a Secret: mount it, as kubelet would.
+            self.gateway_pki = mount_gateway_secret(extra_args[list(extra_args).index("--kubeconfig") + 1], workdir / "gateway-pki")
 
     def _admin_ok(self) -> bool:
         try:
@@ -215,6 +226,47 @@ class ControlPlane:
         self._log.close()
 
 
+def gateway_channel(plane: ControlPlane) -> grpc.Channel:
+    """A gRPC channel to kxds authenticated as a gateway, with the bundle kxds provisioned."""
+    assert plane.gateway_pki is not None
+    cert, key = gateway_leaf(plane.gateway_pki)
+    credentials = grpc.ssl_channel_credentials((plane.gateway_pki / "ca.crt").read_bytes(), private_key=key, certificate_chain=cert)
+    return grpc.secure_channel(f"{LOCAL}:{plane.xds_port}", credentials)
+
+
+def mount_gateway_secret(kubeconfig: str, directory: Path, ref: str = "kourier-system/kxds-gateway-xds") -> Path:
+    """Write the gateways' bundle Secret's keys as files, as a Secret volume holds them."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(kubeconfig)
+    try:
+        namespace, name = ref.split("/")
+        secret = wait_until(lambda: _read_secret(client.CoreV1Api(api), namespace, name), what=f"Secret {ref}")
+    finally:
+        api.close()
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in secret.data.items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    return directory
+
+
+def _read_secret(core: Any, namespace: str, name: str) -> Any:
+    from kubernetes import client
+
+    try:
+        return core.read_namespaced_secret(name, namespace)
+    except client.ApiException:
+        return None
+
+
+def gateway_leaf(directory: Path) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) of the gateway bundle in `directory`."""
+    bundle = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    leaf = bundle_leaf(bundle)
+    assert leaf is not None, f"no gateway certificate in {directory}"
+    return leaf.cert, leaf.key
+
+
 class Gateway:
     """A real Envoy bootstrapped by `kxds bootstrap` against the control plane."""
 
@@ -224,7 +276,10 @@ class Gateway:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "envoy.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port, **(bootstrap_options or {}))
+        options = dict(bootstrap_options or {})
+        if "tls" not in options and plane.gateway_pki is not None:
+            options["tls"] = XdsClientPki(directory=str(plane.gateway_pki))
+        bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port, **options)
         self.process = start_envoy(bootstrap, self.workdir, log=self._log, log_level=os.environ.get("KXDS_TEST_ENVOY_LOG", "info"))
         wait_until(self.live, timeout=30, what=f"Envoy {name} to go LIVE")
 

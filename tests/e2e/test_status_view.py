@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import grpc
 import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
@@ -14,7 +13,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from kxds.xds.type_urls import LISTENER, ROUTE
 
 from tests.conftest import Stack
-from tests.e2e.harness import Gateway, free_port, wait_until
+from tests.e2e.harness import Gateway, free_port, gateway_channel, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +46,7 @@ def test_status_says_when_kxds_is_unreachable() -> None:
 
 def test_a_csds_client_reads_the_gateways_configuration(stack: Stack) -> None:
     wait_until(lambda: any(g["synced"] for g in stack.plane.gateways()), what="a synced gateway")
-    with grpc.insecure_channel(f"127.0.0.1:{stack.plane.xds_port}") as channel:
+    with gateway_channel(stack.plane) as channel:
         status = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=10)
     assert [c.node.id for c in status.config] == ["3scale-kourier-gateway"]
     entries = {(e.type_url, e.name): e for e in status.config[0].generic_xds_configs}

@@ -20,10 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kxds.app import Running, running
 from kxds.model.objects import Filters, ObjectKey, parse_object
-from kxds.settings import DEFAULT_INGRESS_CLASS, Settings
+from kxds.settings import DEFAULT_INGRESS_CLASS, Settings, XdsPki
 from kxds.xds.fleet import MAX_PENDING_REQUESTS
 from kxds.xds.type_urls import CLUSTER, LISTENER
 from tests.builders import ingress, path, rule, service, split
+from tests.e2e.harness import gateway_leaf
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -31,9 +32,17 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 @pytest.fixture
 async def plane(tmp_path: Path) -> AsyncIterator[Running]:
     shutil.copytree(EXAMPLES, tmp_path / "source")
-    settings = Settings(source_dir=tmp_path / "source", xds_address="127.0.0.1:0", admin_address="127.0.0.1:0")
+    settings = Settings(source_dir=tmp_path / "source", xds_address="127.0.0.1:0", admin_address="127.0.0.1:0", pki=XdsPki(directory=tmp_path / "pki"))
     async with running(settings) as plane:
         yield plane
+
+
+def gateway_channel(plane: Running) -> grpc.aio.Channel:
+    """A channel authenticated as a gateway, with the certificate kxds provisioned."""
+    assert plane.gateway_pki is not None
+    cert, key = gateway_leaf(plane.gateway_pki)
+    credentials = grpc.ssl_channel_credentials((plane.gateway_pki / "ca.crt").read_bytes(), private_key=key, certificate_chain=cert)
+    return grpc.aio.secure_channel(f"127.0.0.1:{plane.xds_port}", credentials)
 
 
 def upsert(doc: dict[str, Any]) -> dict[ObjectKey, Any]:
@@ -67,7 +76,7 @@ def request(type_url: str, node: str = "", nonce: str = "", version: str = "", e
 
 
 async def test_health_is_serving_once_primed(plane: Running) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+    async with gateway_channel(plane) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert await admin_get(plane, "/readyz") == (200, "ready\n")
@@ -89,7 +98,7 @@ async def ack_clusters_and_refuse_listeners(stream: Any, clusters: discovery_pb2
 
 
 async def test_every_node_gets_the_same_configuration_and_nacks_are_counted(plane: Running) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+    async with gateway_channel(plane) as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         first, second = stub.StreamAggregatedResources(), stub.StreamAggregatedResources()
         await first.write(request(CLUSTER, node="gateway-a"))
@@ -109,7 +118,7 @@ async def test_every_node_gets_the_same_configuration_and_nacks_are_counted(plan
 
 
 async def test_csds_reports_what_each_gateway_acknowledged_and_rejected(plane: Running) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+    async with gateway_channel(plane) as channel:
         ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await ads.write(request(CLUSTER, node="gateway-a"))
         await ack_clusters_and_refuse_listeners(ads, await ads.read())
@@ -135,7 +144,7 @@ async def test_csds_reports_what_each_gateway_acknowledged_and_rejected(plane: R
 
 
 async def test_a_gateway_that_never_acknowledges_cannot_make_kxds_buffer(plane: Running) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.xds_port}") as channel:
+    async with gateway_channel(plane) as channel:
         stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await stream.write(request(CLUSTER, node="stuck"))
         await eventually(plane, "/metrics", 'kxds_xds_responses_total{type="CDS"} 1.0')

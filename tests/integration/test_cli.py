@@ -13,7 +13,7 @@ import yaml
 
 from kxds.cli import build_parser, settings_from
 from kxds.envoy_process import envoy_binary
-from tests.certificates import CertificateAuthority
+from tests.certificates import CertificateAuthority, write_gateway_bundle
 
 ROOT = Path(__file__).parents[2]
 
@@ -66,9 +66,18 @@ def test_render_prints_the_resources_as_json() -> None:
 
 @pytest.mark.parametrize("xds_address", ["127.0.0.1:18000", "net-kourier-controller.knative-serving:18000"])
 def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> None:
-    result = kxds("bootstrap", "--xds-address", xds_address, "--admin-port", "9901", "--stats-port", "9000")
+    bundle = write_gateway_bundle(tmp_path / "pki")
+    result = kxds("bootstrap", "--xds-address", xds_address, "--admin-port", "9901", "--stats-port", "9000", "--xds-pki", str(bundle))
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
+    xds = next(c for c in config["static_resources"]["clusters"] if c["name"] == "xds_cluster")
+    context = xds["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["validation_context"]["trusted_ca"] == {"filename": f"{bundle}/ca.crt"}
+    source = context["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]
+    assert source == {"path": f"{bundle}/sds.yaml", "watched_directory": {"path": str(bundle)}}
+    # A gateway reconnects within a second of kxds coming back (Envoy's default backoff reaches 30 s).
+    retry = config["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["retry_policy"]["retry_back_off"]
+    assert retry == {"base_interval": "0.1s", "max_interval": "1s"}
     assert config["node"] == {"id": "3scale-kourier-gateway", "cluster": "kourier-knative"}
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
     assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
@@ -79,8 +88,9 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> Non
 
 
 def test_trimmed_stats_bootstrap_is_accepted_by_envoy(tmp_path: Path) -> None:
-    result = kxds("bootstrap", "--xds-address", "127.0.0.1:18000", "--admin-port", "9901", "--trim-stats")
+    result = kxds("bootstrap", "--xds-address", "127.0.0.1:18000", "--admin-port", "9901", "--trim-stats", "--insecure")
     config = yaml.safe_load(result.stdout)
+    assert "transport_socket" not in next(c for c in config["static_resources"]["clusters"] if c["name"] == "xds_cluster")
     assert config["stats_config"]["stats_matcher"]["exclusion_list"]["patterns"] == [{"prefix": "cluster."}]
     (tmp_path / "bootstrap.yaml").write_text(result.stdout)
     validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
@@ -110,5 +120,9 @@ def test_bootstrap_with_mutual_tls_and_the_flags_that_must_go_together(tmp_path:
     assert validate.returncode == 0, validate.stdout + validate.stderr
     lone = kxds("bootstrap", "--xds-address", "127.0.0.1:1", "--admin-port", "1", "--xds-tls-cert", "tls.crt")
     assert lone.returncode != 0 and "go together" in lone.stderr
-    serve = kxds("serve", "--source", str(tmp_path), "--xds-tls-cert", str(tmp_path / "missing.crt"), "--xds-tls-key", str(tmp_path / "tls.key"))
+    serve = kxds("serve", "--source", str(tmp_path), "--xds-tls-cert", str(tmp_path / "missing.crt"), "--xds-tls-key", str(tmp_path / "tls.key"),
+                 "--insecure")
     assert serve.returncode != 0 and "--xds-tls-cert: no such file" in serve.stderr
+    # Server-only TLS authenticates nobody: it needs --xds-tls-ca, or --insecure said out loud.
+    unauthenticated = kxds("serve", "--source", str(tmp_path), "--xds-tls-cert", str(tmp_path / "tls.crt"), "--xds-tls-key", str(tmp_path / "tls.key"))
+    assert unauthenticated.returncode != 0 and "does not authenticate gateways" in unauthenticated.stderr

@@ -13,7 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kxds.bootstrap import render_bootstrap, render_bootstrap_configmap
+from kxds.bootstrap import XdsClientPki, render_bootstrap, render_bootstrap_configmap
+from kxds.settings import DEFAULT_GATEWAY_PKI_DIR
+from tests.certificates import write_gateway_bundle
 from kxds.envoy_process import envoy_binary
 
 ROOT = Path(__file__).parents[2]
@@ -58,6 +60,12 @@ def test_rbac_is_least_privilege() -> None:
     assert writes == {("networking.internal.knative.dev", "ingresses/status", "update"), ("networking.internal.knative.dev", "ingresses/status", "patch"),
                       ("", "events", "create"), ("", "events", "patch")}
     assert not any("*" in item for item in granted)
+    # kxds's own CA and the gateways' bundle: Secrets created in two namespaces, one updated by name.
+    assert docs[("Role", "kxds-xds-ca")]["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+    assert docs[("Role", "kxds-gateway-xds")]["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kxds-gateway-xds"], "verbs": ["update"]},
+    ]
     lease_rules = docs[("Role", "net-kourier-leader-election")]["rules"]
     assert lease_rules == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]}]
 
@@ -73,12 +81,16 @@ def test_containers_run_as_non_root() -> None:
 
 
 def test_generated_bootstraps_are_current_and_accepted_by_envoy(tmp_path: Path) -> None:
-    gateway = render_bootstrap_configmap("kourier-system", "kourier-bootstrap", "net-kourier-controller.knative-serving:18000", 9901, stats_port=9000)
+    gateway = render_bootstrap_configmap("kourier-system", "kourier-bootstrap", "net-kourier-controller.knative-serving:18000", 9901, stats_port=9000,
+                                         tls=XdsClientPki(directory=DEFAULT_GATEWAY_PKI_DIR))
     assert (DEPLOY / "gateway-bootstrap.yaml").read_text() == gateway, "regenerate with kxds bootstrap --configmap"
     compose = (DEPLOY / "compose" / "envoy-bootstrap.yaml").read_text()
-    assert compose.split("\n", 1)[1] == render_bootstrap("kxds:18000", 9901), "regenerate with kxds bootstrap"
-    for name, text in (("gateway", yaml.safe_load(gateway)["data"]["envoy-bootstrap.yaml"]), ("compose", compose)):
-        (tmp_path / f"{name}.yaml").write_text(text)
+    assert compose.split("\n", 1)[1] == render_bootstrap("kxds:18000", 9901, tls=XdsClientPki(directory="/pki/gateway")), "regenerate with kxds bootstrap"
+    # Envoy checks the bundle exists: validate against one at a local path instead of the mounts.
+    bundle = str(write_gateway_bundle(tmp_path / "pki"))
+    for name, text, mount in (("gateway", yaml.safe_load(gateway)["data"]["envoy-bootstrap.yaml"], DEFAULT_GATEWAY_PKI_DIR), ("compose", compose, "/pki/gateway")):
+        assert f"{mount}/sds.yaml" in text
+        (tmp_path / f"{name}.yaml").write_text(text.replace(mount, bundle))
         result = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / f"{name}.yaml")],
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
