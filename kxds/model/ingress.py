@@ -238,7 +238,7 @@ def _path(raw: Any, at: str, namespace: str) -> Path:
     if len(parsed) == 1 and parsed[0].percent == 0:
         parsed = (replace(parsed[0], percent=100),)
     prefix = fields.string(path.get("path"), f"{at}.path")
-    _check_header_value(prefix, f"{at}.path")
+    _check_path(prefix, f"{at}.path")
     rewrite = fields.string(path.get("rewriteHost"), f"{at}.rewriteHost")
     if rewrite:
         _host(rewrite, f"{at}.rewriteHost")
@@ -247,7 +247,8 @@ def _path(raw: Any, at: str, namespace: str) -> Path:
         rewrite_host=rewrite,
         headers=_header_matches(path.get("headers"), f"{at}.headers"),
         splits=parsed,
-        append_headers=_added_headers(path.get("appendHeaders"), f"{at}.appendHeaders"),
+        # One of the route's entries is the probe copy's K-Network-Hash.
+        append_headers=_added_headers(path.get("appendHeaders"), f"{at}.appendHeaders", MAX_ADDED_HEADERS - 1),
         timeout_seconds=_legacy_timeout(path.get("timeout"), f"{at}.timeout"),
     )
 
@@ -297,16 +298,43 @@ def _tls(raw: Any, at: str) -> TLS:
 
 # RFC 7230 token characters: what Envoy accepts as a header name.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Envoy's HeaderValue: key and value of at most 16 KiB (protoc-gen-validate max_bytes).
+MAX_HEADER_BYTES = 16384
+# Envoy's request_headers_to_add holds at most 1000 entries per route and per weighted cluster.
+MAX_ADDED_HEADERS = 1000
+# Envoy refuses a request whose headers pass 60 KiB (max_request_headers_kb): a longer path or
+# header match could never be requested. Paths are held to the header bound.
+MAX_PATH_BYTES = MAX_HEADER_BYTES
+# Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection: Envoy removes or acts on them, so
+# appending one breaks the request (no response for Connection/Transfer-Encoding, 101 for Upgrade/TE).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
+# Envoy converts a route timeout to milliseconds and refuses anything from 2^63 ns up (Go's
+# time.Duration has the same bound, so Knative could never have stored more).
+MAX_TIMEOUT_SECONDS = 9_223_372_035
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _header_name(name: str, at: str) -> None:
+    if len(name.encode()) > MAX_HEADER_BYTES:
+        raise FieldError(at, f"header name is {len(name.encode())} bytes; Envoy accepts at most {MAX_HEADER_BYTES}")
     if not _HEADER_NAME.match(name):
-        raise FieldError(at, f"invalid header name {name!r}")
+        raise FieldError(at, f"invalid header name {name[:64]!r}: must be an HTTP token")
 
 
-def _check_header_value(value: str, at: str) -> None:
-    if any(c in value for c in "\x00\r\n"):
-        raise FieldError(at, "must not contain NUL, CR or LF")
+def _check_header_value(value: str, at: str, limit: int = MAX_HEADER_BYTES) -> None:
+    size = len(value.encode())
+    if size > limit:
+        raise FieldError(at, f"value is {size} bytes; Envoy accepts at most {limit}")
+    if (bad := _CONTROL.search(value)) is not None:
+        raise FieldError(at, f"must not contain control characters (found {bad.group()!r})")
+
+
+def _check_path(path: str, at: str) -> None:
+    if not path:
+        return
+    if not path.startswith("/"):
+        raise FieldError(at, f"{path[:64]!r} must start with '/': a request path always does, so it could never match")
+    _check_header_value(path, at, MAX_PATH_BYTES)
 
 
 def _header_matches(raw: Any, at: str) -> tuple[tuple[str, str], ...]:
@@ -319,17 +347,27 @@ def _header_matches(raw: Any, at: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _added_headers(raw: Any, at: str) -> tuple[tuple[str, str], ...]:
+def _added_headers(raw: Any, at: str, limit: int = MAX_ADDED_HEADERS) -> tuple[tuple[str, str], ...]:
     pairs = fields.string_map(raw, at)
+    if len(pairs) > limit:
+        raise FieldError(at, f"{len(pairs)} headers; at most {limit} fit in Envoy's {MAX_ADDED_HEADERS} per route or split")
     for name, value in pairs:
         _header_name(name, f"{at}.{name}")
+        lowered = name.lower()
         # Envoy refuses to modify Host through request_headers_to_add (use rewriteHost).
-        if name.lower() == "host":
+        if lowered == "host":
             raise FieldError(f"{at}.{name}", "the Host header cannot be set; use rewriteHost")
+        if lowered in HOP_BY_HOP:
+            raise FieldError(f"{at}.{name}", "a hop-by-hop header cannot be appended: it describes the connection, and Envoy would break the request")
         _check_header_value(value, f"{at}.{name}")
     return pairs
 
 
 def _legacy_timeout(raw: Any, at: str) -> float | None:
     """The removed `timeout` field of old Ingresses, a Go duration such as "48h0m0s"."""
-    return None if raw is None else fields.go_duration(raw, at)
+    if raw is None:
+        return None
+    seconds = fields.go_duration(raw, at)
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise FieldError(at, f"{str(raw)[:64]!r} is beyond the longest timeout Envoy accepts ({MAX_TIMEOUT_SECONDS}s, about 292 years)")
+    return seconds

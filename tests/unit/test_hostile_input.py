@@ -97,7 +97,7 @@ def backends(draw: Any) -> list[dict[str, Any]]:
 
 # Valid by Knative's rules and kxds's checks, hostile in content: what Envoy must still accept.
 tokens = st.from_regex(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,30}", fullmatch=True).filter(lambda n: n.lower() != "host")
-values = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00\r\n"), max_size=40)
+values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=40)
 dns_hosts = st.from_regex(r"(\*\.)?[a-z0-9_]([a-z0-9_-]{0,20}[a-z0-9_])?(\.[a-z0-9_]{1,10}){0,4}", fullmatch=True)
 
 
@@ -268,3 +268,57 @@ def test_envoy_accepts_everything_kxds_would_serve(data: st.DataObject, backend_
     assert len(served) == len(docs), config.outcomes  # valid, distinct hosts, existing backends: all served
     assert result.returncode == 0, f"Envoy rejected the configuration for {served}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
     assert all(isinstance(i, Ingress) for i in world.ingresses)
+
+
+# Shapes at and beyond Envoy's limits: kxds must either refuse them naming the field, or serve
+# what Envoy accepts.
+HOP_BY_HOP_NAMES = ["Connection", "keep-alive", "Proxy-Connection", "TE", "Transfer-Encoding", "Upgrade"]
+edge_values = st.sampled_from([16383, 16384, 16385, 20000]).map(lambda n: "v" * n)
+edge_names = st.one_of(st.sampled_from(HOP_BY_HOP_NAMES), st.sampled_from([16384, 16385]).map(lambda n: "X" * n))
+edge_timeouts = st.sampled_from(["9223372035s", "9223372036s", "2562047h", "100000000h", "1ns", "0.5ms"])
+edge_paths = st.sampled_from(["api", "/" + "p" * 16383, "/" + "p" * 16384, "/a\x01b", "/\x7f"])
+
+
+@st.composite
+def edge_ingresses(draw: Any, name: str) -> dict[str, Any]:
+    doc = draw(valid_ingresses(name))
+    path = doc["spec"]["rules"][0]["http"]["paths"][0]
+    split = path["splits"][0]
+    for _ in range(draw(st.integers(1, 2))):
+        match draw(st.sampled_from(["value", "split value", "name", "count", "split count", "timeout", "path", "match"])):
+            case "value":
+                path["appendHeaders"] = {"X-Long": draw(edge_values)}
+            case "split value":
+                split["appendHeaders"] = {"X-Split": draw(edge_values)}
+            case "name":
+                path["appendHeaders"] = {draw(edge_names): "v"}
+            case "count":
+                path["appendHeaders"] = {f"X-{n}": "v" for n in range(draw(st.sampled_from([998, 999, 1000, 1001])))}
+            case "split count":
+                split["appendHeaders"] = {f"X-{n}": "v" for n in range(draw(st.sampled_from([999, 1000, 1001])))}
+            case "timeout":
+                path["timeout"] = draw(edge_timeouts)
+            case "path":
+                path["path"] = draw(edge_paths)
+            case "match":
+                path["headers"] = {"X-Match": {"exact": draw(edge_values)}}
+    return doc
+
+
+@pytest.mark.e2e
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data(), sane_backends())
+def test_envoy_accepts_whatever_kxds_serves_at_and_beyond_its_limits(data: st.DataObject, backend_docs: list[dict[str, Any]]) -> None:
+    docs = [data.draw(edge_ingresses(f"e{n}")) for n in range(8)]
+    world, rejected = parsed_world([*docs, *backend_docs])
+    for bad in rejected:
+        assert bad.error.field.startswith("spec.rules[0].http.paths[0]"), bad.error
+        assert any(word in bad.error.problem for word in ("Envoy", "hop-by-hop", "control characters", "must start with")), bad.error
+    config = translate(world, GatewaySettings(listen_address="127.0.0.1"))
+    served = [k for k, o in config.outcomes.items() if o.programmed]
+    assert len(served) + len(rejected) == len(docs), config.outcomes
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "served.json"
+        path.write_text(json.dumps(static_bootstrap(config)))
+        result = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"Envoy rejected the configuration for {served}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"

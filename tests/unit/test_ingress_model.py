@@ -93,8 +93,29 @@ REJECTIONS = [
     (lambda r: _rule(r).update(visibility="Public"), "spec.rules[0].visibility", "invalid value"),
     (lambda r: _split(r).update(appendHeaders={"Bad Name": "x"}), "appendHeaders.Bad Name", "invalid header name"),
     (lambda r: _split(r).update(appendHeaders={"Host": "x"}), "appendHeaders.Host", "use rewriteHost"),
-    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={"X": "a\nb"}), "appendHeaders.X", "CR or LF"),
-    (lambda r: _rule(r)["http"]["paths"][0].update(headers={"X": {"exact": "a\rb"}}), "headers.X.exact", "CR or LF"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={"X": "a\nb"}), "appendHeaders.X", "control characters"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(headers={"X": {"exact": "a\rb"}}), "headers.X.exact", "control characters"),
+    # Envoy's own limits (its protoc-gen-validate annotations and what its HTTP codec does),
+    # named with the field and the number, before Envoy ever sees them.
+    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={"X-Long": "v" * 20000}), "http.paths[0].appendHeaders.X-Long",
+     "value is 20000 bytes; Envoy accepts at most 16384"),
+    (lambda r: _split(r).update(appendHeaders={"X" * 20000: "v"}), "splits[0].appendHeaders.", "header name is 20000 bytes; Envoy accepts at most 16384"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={f"X-{n}": "v" for n in range(1001)}), "paths[0].appendHeaders", "1001 headers"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={f"X-{n}": "v" for n in range(1000)}), "paths[0].appendHeaders", "1000 headers"),
+    (lambda r: _split(r).update(appendHeaders={f"X-{n}": "v" for n in range(1001)}), "splits[0].appendHeaders", "1001 headers"),
+    (lambda r: _split(r).update(appendHeaders={"X-Split": "v" * 20000}), "splits[0].appendHeaders.X-Split", "20000 bytes"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={"X": "a\x01b"}), "appendHeaders.X", "control characters"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(appendHeaders={"Connection": "close"}), "appendHeaders.Connection", "hop-by-hop"),
+    (lambda r: _split(r).update(appendHeaders={"transfer-encoding": "chunked"}), "appendHeaders.transfer-encoding", "hop-by-hop"),
+    (lambda r: _split(r).update(appendHeaders={"TE": "trailers"}), "appendHeaders.TE", "hop-by-hop"),
+    (lambda r: _split(r).update(appendHeaders={"Upgrade": "websocket"}), "appendHeaders.Upgrade", "hop-by-hop"),
+    (lambda r: _split(r).update(appendHeaders={":path": "/x"}), "appendHeaders.:path", "invalid header name"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(headers={"X": {"exact": "v" * 70000}}), "headers.X.exact", "70000 bytes"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(path="/" + "p" * 70000), "paths[0].path", "bytes; Envoy accepts at most"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(path="api"), "paths[0].path", "must start with '/'"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(path="/a\x7fb"), "paths[0].path", "control characters"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(timeout="100000000h"), "paths[0].timeout", "longest timeout Envoy accepts"),
+    (lambda r: _rule(r)["http"]["paths"][0].update(timeout="9223372036s"), "paths[0].timeout", "longest timeout Envoy accepts"),
     (lambda r: _rule(r)["http"]["paths"][0].update(timeout="soon"), "paths[0].timeout", "invalid duration"),
     (lambda r: _split(r).update(servicePort=[80]), "splits[0].servicePort", "expected an integer"),
     (lambda r: _rule(r).update(hosts="a.example.com"), "spec.rules[0].hosts", "expected a list"),
@@ -112,6 +133,36 @@ def test_invalid_ingress_is_rejected_naming_the_field(mutate: Any, field: str, p
     assert field in parsed.error.field
     assert problem in message
     assert len(parsed.hash) == 64  # still reported with its probe hash
+
+
+@pytest.mark.parametrize("spec", [
+    {"appendHeaders": {"X-Edge": "v" * 16384, "X" * 16384: "v"}},
+    {"appendHeaders": {f"X-{n}": "v" for n in range(999)}},
+    {"timeout": "9223372035s"},
+    {"path": "/" + "p" * 16383, "headers": {"X": {"exact": "v" * 16384}}},
+    {"appendHeaders": {"X-Tab": "a\tb"}},
+])
+def test_values_at_envoys_limits_are_valid(spec: dict[str, Any]) -> None:
+    raw = ingress()
+    _rule(raw)["http"]["paths"][0].update(spec)
+    valid(raw)
+
+
+def test_the_limits_are_envoys_own() -> None:
+    """The bounds checked above are the protoc-gen-validate annotations of the Envoy API."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.config.route.v3 import route_components_pb2 as rc
+    from validate import validate_pb2
+
+    from kxds.model import ingress as model
+
+    def rules(message: Any, field: str) -> Any:
+        return message.DESCRIPTOR.fields_by_name[field].GetOptions().Extensions[validate_pb2.rules]
+
+    assert rules(base_pb2.HeaderValue, "key").string.max_bytes == model.MAX_HEADER_BYTES
+    assert rules(base_pb2.HeaderValue, "value").string.max_bytes == model.MAX_HEADER_BYTES
+    assert rules(rc.Route, "request_headers_to_add").repeated.max_items == model.MAX_ADDED_HEADERS
+    assert rules(rc.WeightedCluster.ClusterWeight, "request_headers_to_add").repeated.max_items == model.MAX_ADDED_HEADERS
 
 
 def test_a_lone_split_with_zero_percent_is_valid() -> None:
