@@ -14,10 +14,11 @@ from kxds.model.config import (
     parse_kourier_config,
     parse_network_config,
 )
-from kxds.model.errors import InvalidObject
+from kxds.model.errors import FieldError, InvalidObject
 from kxds.model.ingress import Ingress, RejectedIngress, ingress_class, parse_ingress
 from kxds.model.secret import Secret, parse_secret
 from kxds.model.service import EndpointSlice, Service, parse_endpoint_slice, parse_service
+from kxds.model.shape import check_shape
 
 Parsed = Ingress | RejectedIngress | Service | EndpointSlice | Secret | KourierConfig | NetworkConfig
 
@@ -50,10 +51,16 @@ class Filters:
 
 
 def object_key(raw: Mapping[str, Any]) -> ObjectKey:
+    """The object's kind, namespace and name; only strings count (a hostile document may hold
+    anything there, and turning an aliased structure into text would expand it)."""
     metadata = raw.get("metadata")
     if not isinstance(metadata, Mapping):
         metadata = {}
-    return ObjectKey(str(raw.get("kind") or ""), str(metadata.get("namespace") or "default"), str(metadata.get("name") or ""))
+
+    def text(value: Any, default: str = "") -> str:
+        return value[:253] if isinstance(value, str) and value else default
+
+    return ObjectKey(text(raw.get("kind")), text(metadata.get("namespace"), "default"), text(metadata.get("name")))
 
 
 def parse_object(raw: Any, filters: Filters) -> tuple[ObjectKey, Parsed] | None:
@@ -61,6 +68,10 @@ def parse_object(raw: Any, filters: Filters) -> tuple[ObjectKey, Parsed] | None:
     if not isinstance(raw, Mapping):
         raise InvalidObject("document", "", "", "", f"expected a Kubernetes object, got {type(raw).__name__}")
     key = object_key(raw)
+    try:
+        check_shape(raw)  # before anything below walks it
+    except FieldError as exc:
+        raise InvalidObject(key.kind or "document", key.namespace, key.name, exc.field[:200], exc.problem) from None
     if (raw.get("apiVersion"), raw.get("kind")) not in KNOWN_KINDS:
         return None
     if not key.name:

@@ -27,6 +27,8 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # A file that looks half-written (unparsable, or losing objects) is read again once it has not
 # changed for SETTLE_SECONDS; after MAX_SETTLE_SECONDS its content is taken as it is.
 SETTLE_SECONDS = 0.5
+# 50,000 Knative-shaped objects take ~60 MB of YAML; a file far beyond that is not a source.
+MAX_FILE_BYTES = 1024 * 1024 * 1024
 MAX_SETTLE_SECONDS = 2.0
 Sink = Callable[[Mapping[ObjectKey, Parsed], Iterable[ObjectKey]], None]
 
@@ -48,6 +50,9 @@ def read_documents(path: Path) -> Iterator[Any]:
     """The documents of a file as they are read (a v1 List's items one by one, as `kubectl get -o
     yaml` writes them); raises ValueError (with the file named) where it stops parsing."""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{path}: {size} bytes; files of at most {MAX_FILE_BYTES} are read")
         if path.suffix == ".json":
             value = json.loads(path.read_text(encoding="utf-8"))
             documents: Iterable[Any] = value if isinstance(value, list) else [value]
@@ -60,6 +65,10 @@ def read_documents(path: Path) -> Iterator[Any]:
                 yield doc
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to parse") from None
+    except MemoryError:
+        raise ValueError(f"{path}: too large to parse") from None
 
 
 def _yaml_documents(path: Path) -> Iterator[Any]:
@@ -139,6 +148,12 @@ class FileSource:
                     if kept and key is not None:
                         objects[key] = previous[key]
                     rejections.append((index, exc, kept))
+                    continue
+                except Exception as unexpected:  # noqa: BLE001 - RecursionError, MemoryError, a check nobody wrote
+                    # A document no check anticipated: it fails alone, named, and kxds stays up.
+                    problem = InvalidObject(key.kind if key else "document", key.namespace if key else "", key.name if key else "", "",
+                                        f"cannot be read: {type(unexpected).__name__}: {str(unexpected)[:200]}")
+                    rejections.append((index, problem, False))
                     continue
                 if parsed is not None:
                     objects[parsed[0]] = parsed[1]

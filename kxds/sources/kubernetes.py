@@ -190,6 +190,9 @@ class KindWatcher:
         except InvalidObject as exc:
             log.error("object.rejected", kind=self.kind.kind, error=str(exc))
             return None
+        except Exception as exc:  # noqa: BLE001 - an object no check anticipated fails alone; the watch goes on
+            log.error("object.rejected", kind=self.kind.kind, object=str(object_key(raw)), error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            return None
         return parsed[1] if parsed is not None else None
 
 

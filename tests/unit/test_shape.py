@@ -1,0 +1,45 @@
+"""Document shape bounds: aliases, depth, size — found without expanding or recursing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from kxds.model.errors import FieldError
+from kxds.model.shape import MAX_DEPTH, MAX_NODES, check_shape
+
+
+def nested(levels: int) -> Any:
+    doc: Any = []
+    for _ in range(levels - 2):  # with the outer mapping: `levels` containers in all
+        doc = [doc]
+    return {"spec": doc}
+
+
+def test_a_kubernetes_object_passes() -> None:
+    check_shape({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"ports": [{"port": 80}]}})
+
+
+def test_an_alias_is_found_without_expanding_it() -> None:
+    text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"b{n}: &b{n} [{', '.join([f'*b{n - 1}' if n else '*a'] * 10)}]\n" for n in range(9))
+    with pytest.raises(FieldError, match="YAML alias") as error:
+        check_shape(yaml.safe_load(text))  # 10^10 strings if expanded
+    assert error.value.field.startswith("b")
+
+
+@pytest.mark.parametrize(("levels", "ok"), [(MAX_DEPTH, True), (MAX_DEPTH + 1, False), (100_000, False)])
+def test_depth_is_bounded_without_recursion(levels: int, ok: bool) -> None:
+    if ok:
+        check_shape(nested(levels))
+    else:
+        with pytest.raises(FieldError, match=f"deeper than {MAX_DEPTH}"):
+            check_shape(nested(levels))
+
+
+def test_size_is_bounded() -> None:
+    with pytest.raises(FieldError, match=f"more than {MAX_NODES} values"):
+        check_shape({"spec": list(range(MAX_NODES + 1))})
+    with pytest.raises(FieldError, match="bytes of text"):
+        check_shape({"spec": ["x" * (1 << 20)] * 9})
