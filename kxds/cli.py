@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_flags(serve)
     # Test-only fault injection (tests/e2e/test_nack.py), deliberately left out of --help.
     serve.add_argument("--test-corrupt-cluster", default=os.environ.get("KXDS_TEST_CORRUPT_CLUSTER", ""), help=argparse.SUPPRESS)
+    serve.add_argument("--test-corrupt-host-prefix", default=os.environ.get("KXDS_TEST_CORRUPT_HOST_PREFIX", ""), help=argparse.SUPPRESS)
     serve.add_argument("--kourier-algorithm", action="store_true", help=argparse.SUPPRESS)  # bench/ baseline only
     _log_flag(serve)
 
@@ -220,6 +221,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         pki=_pki(args, kubernetes),
         insecure=_switched_on(getattr(args, "insecure", False)),
         test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
+        test_corrupt_host_prefix=getattr(args, "test_corrupt_host_prefix", ""),
         kourier_algorithm=bool(getattr(args, "kourier_algorithm", False)),
     )
 

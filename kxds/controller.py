@@ -23,7 +23,7 @@ from kxds.model.objects import ObjectKey, Parsed
 from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service
 from kxds.model.world import World
-from kxds.quarantine import ENVOY_REJECTED, Quarantine
+from kxds.quarantine import ENVOY_REJECTED, VERIFYING, VERIFYING_MESSAGE, Quarantine, implicated
 from kxds.settings import GatewaySettings
 from kxds.translate.encoded import Encoded
 from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, retranslate_ingress, translate, update_endpoints
@@ -36,6 +36,9 @@ log = structlog.get_logger("kxds.controller")
 
 NO_GATEWAY = "NoGatewayConnected"
 UNINITIALIZED = "Uninitialized"
+# Suspects held back while a snapshot tests the others are let in after this long without a verdict
+# (a gateway that neither ACKs nor NACKs must not keep them out).
+VERDICT_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,10 +104,11 @@ def build_world(objects: Iterable[Parsed]) -> World:
 
 class Controller:
     def __init__(self, fleet: Fleet, gateway: GatewaySettings, metrics: Metrics, *, debounce_seconds: float = 0.0,
-                 corrupt_cluster: str = "", kourier_algorithm: bool = False) -> None:
+                 corrupt_cluster: str = "", corrupt_host: str = "", kourier_algorithm: bool = False) -> None:
         self._fleet = fleet
         self._kourier_algorithm = kourier_algorithm  # the benchmark's baseline: no caches, no EDS, everything re-sent
-        self._corrupt_cluster = corrupt_cluster  # test-only fault: provokes a real NACK
+        # Test-only faults that provoke real NACKs (faults.py).
+        self._faults = (corrupt_cluster, corrupt_host)
         self._quarantine = Quarantine()
         self._gateway = gateway
         self._metrics = metrics
@@ -128,6 +132,10 @@ class Controller:
         # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
         self._changed_at: float | None = None
         self._converging: dict[int, float] = {}
+        # The snapshot testing the suspects not held back, while a culprit is being searched for,
+        # and the newest rejected snapshot acted on (a second NACK of it is no new evidence).
+        self._trial_serial = 0
+        self._rejected_serial = 0
 
     @property
     def objects(self) -> Mapping[ObjectKey, Parsed]:
@@ -187,14 +195,14 @@ class Controller:
         self._full_rebuild, self._endpoints_changed, self._ingresses_changed = False, set(), {}
         started = time.perf_counter()
         world = build_world(self._objects.values())
-        kept, held = self._quarantine.split(world.ingresses)
-        if held:
+        kept, held, deferred = self._quarantine.split(world.ingresses)
+        if held or deferred:
             world = replace(world, ingresses=kept)
         self._world = world
         rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
         config, snapshot = await asyncio.to_thread(
-            _translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot, self._corrupt_cluster, self._kourier_algorithm,
+            _translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot, self._faults, self._kourier_algorithm,
             not self.primed,
         )
         elapsed = time.perf_counter() - started
@@ -203,8 +211,12 @@ class Controller:
         for ingress, rejection in held:
             message = f"a gateway rejected this Ingress's configuration: {rejection.message}"
             outcomes[ingress.key] = Outcome(programmed=False, reason=ENVOY_REJECTED, message=message)
-        self._track((*world.ingresses, *(ingress for ingress, _ in held)), rejected, outcomes, snapshot.serial)
+        for ingress in deferred:
+            outcomes[ingress.key] = Outcome(programmed=False, reason=VERIFYING, message=VERIFYING_MESSAGE)
+        self._track((*world.ingresses, *(ingress for ingress, _ in held), *deferred), rejected, outcomes, snapshot.serial)
         self._publish(snapshot)
+        if self._quarantine.verdict_pending():
+            self._await_verdict(snapshot.serial)
         for problem in config.problems:
             log.warning("config.invalid", problem=problem)
         log.info(
@@ -230,6 +242,7 @@ class Controller:
 
     def observe_convergence(self) -> None:
         """Called when gateways' state moves: record changes every gateway has now applied."""
+        self._check_verdict()
         if not self._converging or not self._fleet.gateways:
             return
         now = time.monotonic()
@@ -294,15 +307,50 @@ class Controller:
                 # Keep serving the last good snapshot; the next change triggers another attempt.
                 log.exception("snapshot.failed", serial=self._serial)
 
-    def on_nack(self, nack: Nacked) -> None:
-        """A gateway rejected an update: hold out the Ingresses its message names, then rebuild."""
-        ingresses = [o for o in self._objects.values() if isinstance(o, Ingress)]
-        implicated = self._quarantine.implicate(ingresses, nack.message, nack.resource_names)
-        for ingress in implicated:
-            log.error("ingress.rejected_by_gateway", ingress=ingress.key, error=nack.message)
-        if implicated:
+    def on_nack(self, nack: Nacked, applied_serial: int) -> None:
+        """A gateway rejected snapshot `nack.serial`: what it rejected changed since the snapshot
+        it last applied in full, so the suspects are the Ingresses first served in between whose
+        changes reach the rejected type; the quarantine narrows them down to the culprit
+        (quarantine.py), then rebuilds."""
+        if nack.serial <= self._rejected_serial:
+            return  # another gateway, or another type, rejecting what the search already used
+        self._rejected_serial = nack.serial
+        ingresses = {o.key: o for o in self._objects.values() if isinstance(o, Ingress)}
+        changed = [ingresses[key] for key, served in self._served.items()
+                   if key in ingresses and served.outcome.programmed and applied_serial < served.since_serial <= nack.serial]
+        suspects = implicated(changed, nack.type_url, nack.resource_names)
+        culprits = self._quarantine.on_rejected(suspects, nack.message, nack.resource_names)
+        for ingress in culprits:
+            log.error("ingress.rejected_by_gateway", ingress=ingress.key, error=nack.message[:2000])
+        if not suspects:
+            log.error("xds.rejection_unexplained", serial=nack.serial, error=nack.message[:2000],
+                      hint="no Ingress changed since the gateway's last applied configuration")
+        elif not culprits:
+            log.warning("xds.culprit_search", serial=nack.serial, suspects=len(suspects))
+        self._full_rebuild = True
+        self._dirty.set()
+
+    def _await_verdict(self, serial: int) -> None:
+        self._trial_serial = serial
+        asyncio.get_running_loop().call_later(VERDICT_TIMEOUT_SECONDS, self._verdict_timeout, serial)
+
+    def _verdict_timeout(self, serial: int) -> None:
+        if self._trial_serial != serial:
+            return
+        self._trial_serial = 0
+        if self._quarantine.accepted():
+            log.warning("xds.culprit_search_timeout", serial=serial)
             self._full_rebuild = True
             self._dirty.set()
+
+    def _check_verdict(self) -> None:
+        """The snapshot testing half of the suspects was applied by every gateway: they are clean,
+        and the held-back half comes in (a NACK of that searches it the same way)."""
+        if self._trial_serial and self._quarantine.verdict_pending() and (not self._fleet.gateways or self._fleet.synced(self._trial_serial)):
+            self._trial_serial = 0
+            if self._quarantine.accepted():
+                self._full_rebuild = True
+                self._dirty.set()
 
     def _track(self, ingresses: Iterable[Ingress], rejected: Iterable[RejectedIngress], outcomes: Mapping[str, Outcome], serial: int) -> None:
         served: dict[str, _Served] = {}
@@ -381,11 +429,14 @@ def _gc_paused(*, freeze: bool) -> Iterator[None]:
 
 
 def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot,
-               corrupt_cluster: str, kourier_algorithm: bool = False, priming: bool = False) -> tuple[GatewayConfig, Snapshot]:
+               test_faults: tuple[str, str], kourier_algorithm: bool = False, priming: bool = False) -> tuple[GatewayConfig, Snapshot]:
     with _gc_paused(freeze=priming):
         config = translate(world, gateway, cache)
+        corrupt_cluster, corrupt_host = test_faults
         if corrupt_cluster:
             config = faults.corrupt_cluster(config, corrupt_cluster)
+        if corrupt_host:
+            config = faults.corrupt_hosts(config, corrupt_host)
         if kourier_algorithm:
             config = baseline.inline_endpoints(config)
             return config, baseline.fresh_versions(build_snapshot(config, serial))

@@ -110,5 +110,7 @@ class Settings:
     debounce_seconds: float = 0.0
     # Test-only: serve this cluster corrupted so that Envoy rejects it (NACK handling tests).
     test_corrupt_cluster: str = ""
+    # Test-only: vhosts of hosts with this prefix carry an oversized header Envoy rejects.
+    test_corrupt_host_prefix: str = ""
     # Benchmark baseline: translate and push the way Kourier does (kxds/baseline.py).
     kourier_algorithm: bool = False

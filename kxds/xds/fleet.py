@@ -63,7 +63,8 @@ class Fleet:
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self.on_change: list[Callable[[], None]] = []  # called whenever a gateway's state moves
-        self.on_nack: list[Callable[[xs.Nacked], None]] = []  # called with every rejection
+        # Called with every rejection kxds should act on, and the serial the rejecting gateway has applied.
+        self.on_nack: list[Callable[[xs.Nacked, int], None]] = []
 
     def publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -168,7 +169,7 @@ class Fleet:
                     log.warning("xds.nack_disputed", gateway=gateway.id, type=kind, version=version, accepted_by=accepted)
                     return
                 for callback in self.on_nack:
-                    callback(event)
+                    callback(event, gateway.stream.synced_serial)
             case xs.StaleNonce(nonce=nonce):
                 self._metrics.stale.labels(kind).inc()
                 log.debug("xds.stale_nonce", gateway=gateway.id, node=node, type=kind, nonce=nonce)

@@ -52,6 +52,7 @@ class Nacked:
     version: str  # the rejected version
     message: str
     resource_names: tuple[str, ...]  # the resources that were new or changed in it
+    serial: int = -1  # the snapshot the rejected response was built from
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,8 @@ class _Response:
     # The snapshot it was built from, if it carries all of that snapshot's resources of its type
     # (not when routes were held back waiting for clusters); -1 otherwise.
     serial: int = -1
+    # The snapshot current when it was sent (even when it carries only part of it).
+    sent_serial: int = -1
     _named: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def asked(self, type_url: str) -> frozenset[str]:
@@ -181,9 +184,9 @@ class SotwStream:
     def _reject(self, type_url: str, state: TypeState, message: str) -> None:
         assert state.pending is not None
         changed = tuple(_differing(state.pending.resources, state.acked_resources))
-        state.rejected_version, state.last_error = state.pending.version, message
-        state.pending = None
-        self._events.append(Nacked(type_url, state.rejected_version, message, changed))
+        rejected, state.pending = state.pending, None
+        state.rejected_version, state.last_error = rejected.version, message
+        self._events.append(Nacked(type_url, rejected.version, message, changed, rejected.sent_serial))
 
     @staticmethod
     def _subscribe(state: TypeState, names: Iterable[str], *, prune: bool) -> None:
@@ -292,7 +295,7 @@ class SotwStream:
         self._nonce += 1
         nonce = str(self._nonce)
         # What the gateway holds once it ACKs is the whole desired set, sent or not.
-        state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial), nonce, False
+        state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial, self.snapshot.serial), nonce, False
         self._events.append(Sent(type_url, version, nonce, count))
         return nonce
 

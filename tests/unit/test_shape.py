@@ -22,11 +22,17 @@ def test_a_kubernetes_object_passes() -> None:
     check_shape({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"ports": [{"port": 80}]}})
 
 
-def test_an_alias_is_found_without_expanding_it() -> None:
+def test_an_alias_bomb_is_measured_without_expanding_it() -> None:
     text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"b{n}: &b{n} [{', '.join([f'*b{n - 1}' if n else '*a'] * 10)}]\n" for n in range(9))
-    with pytest.raises(FieldError, match="YAML alias") as error:
+    with pytest.raises(FieldError, match="counting what its YAML aliases repeat") as error:
         check_shape(yaml.safe_load(text))  # 10^10 strings if expanded
     assert error.value.field.startswith("b")
+
+
+def test_a_modest_alias_is_fine_and_a_self_reference_is_not() -> None:
+    check_shape(yaml.safe_load("paths: &p [{splits: [{serviceName: a}]}]\nrules: [{http: {paths: *p}}, {http: {paths: *p}}]\n"))
+    with pytest.raises(FieldError, match="refers to the value that contains it"):
+        check_shape(yaml.safe_load("a: &a [1, *a]\n"))
 
 
 @pytest.mark.parametrize(("levels", "ok"), [(MAX_DEPTH, True), (MAX_DEPTH + 1, False), (100_000, False)])

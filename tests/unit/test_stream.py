@@ -121,7 +121,7 @@ def test_nack_holds_and_is_never_resent() -> None:
     (lds,) = stream.on_snapshot(bad)
     assert stream.on_request(request(LISTENER, nonce=lds.nonce, version="old", error="invalid port")) == []
     (event,) = [e for e in stream.take_events() if isinstance(e, xs.Nacked)]
-    assert event == xs.Nacked(LISTENER, lds.version_info, "invalid port", ("listener",))
+    assert event == xs.Nacked(LISTENER, lds.version_info, "invalid port", ("listener",), bad.serial)  # the snapshot it came from
     # The same rejected content again (another rebuild, a subscription echo): held.
     assert stream.on_snapshot(snapshot({"a": 1}, ["a"], listener_port=1)) == []
     assert stream.on_request(request(LISTENER, nonce=lds.nonce)) == []
