@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
 
-from kxds.admin import admin_app
+from kxds.admin import AdminServer, AdminState
 from kxds.bootstrap import split_address
 from kxds import __version__
 from kxds.controller import Controller, IngressStatus
@@ -85,12 +84,11 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         await xds.start()
         stack.push_async_callback(xds.stop)
         await xds.set_serving()
-        admin_host, admin_port = split_address(settings.admin_address)
-        runner = web.AppRunner(admin_app(controller, fleet, metrics, serving=lambda: True), access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, admin_host, admin_port).start()
-        bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
+        admin = AdminServer(AdminState(controller, fleet, serving=lambda: True), metrics, split_address(settings.admin_address),
+                            asyncio.get_running_loop())
+        admin.start()
+        stack.callback(admin.stop)
+        bound_admin = admin.port
         tasks.append(asyncio.create_task(controller.run()))
         stack.push_async_callback(_cancel, tasks)
         log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, ingress_class=settings.ingress_class,

@@ -62,6 +62,7 @@ class Fleet:
         self._metrics = metrics
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
+        self.generation = 0  # counts changes of any gateway's state (the admin pages' cache key)
         self.on_change: list[Callable[[], None]] = []  # called whenever a gateway's state moves
         # Called with every rejection kxds should act on, and the serial the rejecting gateway has applied.
         self.on_nack: list[Callable[[xs.Nacked, int], None]] = []
@@ -143,6 +144,7 @@ class Fleet:
         await self._changed.wait()
 
     def _notify(self) -> None:
+        self.generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
         for callback in self.on_change:
