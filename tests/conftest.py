@@ -44,6 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     report = yield
-    if report.when == "call" and report.failed and "stack" in getattr(item, "funcargs", {}):
-        report.sections.append(("kxds and Envoy logs", item.funcargs["stack"].tail_logs()))
+    stacks = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Stack)]
+    if report.when == "call" and report.failed and stacks:
+        report.sections.append(("kxds and Envoy logs", stacks[0].tail_logs()))
     return report

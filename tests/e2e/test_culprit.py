@@ -112,3 +112,39 @@ def test_only_the_culprit_is_held_out_and_the_others_keep_serving_and_updating(c
     log = stack.plane.log_path.read_text()
     holds = [json.loads(line) for line in log.splitlines() if '"ingress.rejected_by_gateway"' in line]
     assert [h["ingress"] for h in holds] == [f"{NS}/culprit"], holds
+
+
+REFUSED_SHAPES = {
+    "long-value": ({"append": {"X-Long": "v" * 20000}}, "spec.rules[0].http.paths[0].appendHeaders.X-Long", "value is 20000 bytes; Envoy accepts at most 16384"),
+    "long-name": ({"append": {"X" * 20000: "v"}}, "spec.rules[0].http.paths[0].appendHeaders.", "header name is 20000 bytes"),
+    "many-headers": ({"append": {f"X-{n}": "v" for n in range(1001)}}, "spec.rules[0].http.paths[0].appendHeaders", "1001 headers"),
+    "absurd-timeout": ({"timeout": "100000000h"}, "spec.rules[0].http.paths[0].timeout", "longest timeout Envoy accepts"),
+    "hop-by-hop": ({"append": {"Connection": "close"}}, "spec.rules[0].http.paths[0].appendHeaders.Connection", "hop-by-hop"),
+    "control": ({"append": {"X-Ctl": "a\x01b"}}, "spec.rules[0].http.paths[0].appendHeaders.X-Ctl", "control characters"),
+    "relative-path": ({"prefix": "api"}, "spec.rules[0].http.paths[0].path", "must start with '/'"),
+    "huge-match": ({"headers": {"X-Match": "m" * 70000}}, "spec.rules[0].http.paths[0].headers.X-Match.exact", "70000 bytes"),
+}
+
+
+def test_shapes_envoy_would_refuse_are_refused_by_kxds_and_freeze_nothing(culprit_stack: Stack) -> None:
+    stack = culprit_stack
+    docs = []
+    for name, (shape, _, _) in REFUSED_SHAPES.items():
+        doc = ingress(name, rule([host(name)], path(split("innocent-0"), prefix=shape.get("prefix", ""), headers=shape.get("headers"), append=shape.get("append"))))
+        if "timeout" in shape:
+            doc["spec"]["rules"][0]["http"]["paths"][0]["timeout"] = shape["timeout"]
+        docs.append(doc)
+    rejected_before = rejected_route_updates(stack)
+    stack.plane.write("refused.yaml", docs)
+    for name, (_, field, problem) in REFUSED_SHAPES.items():
+        status = stack.plane.wait_status(f"{NS}/{name}", lambda s: s["reason"] == "ReconcileIngressFailed")
+        assert field in status["message"] and problem in status["message"], status["message"]
+    # Nothing froze: an edit and a new Ingress still reach Envoy, and Envoy refused nothing.
+    stack.plane.write("ing-innocent-5.yaml", [ingress("innocent-5", rule([host("innocent-5")], path(split("innocent-5"), append={"X-After": "refused"})))])
+    wait_until(lambda: curl(stack.ports.external, host("innocent-5")).request_header("X-After") == "refused", what="an edit beside the refused Ingresses")
+    stack.plane.write("fresh.yaml", [ingress("fresh", rule([host("fresh")], path(split("innocent-6"))))])
+    stack.plane.wait_ready(f"{NS}/fresh")
+    for name in INNOCENTS:
+        assert curl(stack.ports.external, host(name)).status == 200
+    assert rejected_route_updates(stack) == rejected_before
+    stack.plane.remove("refused.yaml")
