@@ -118,7 +118,8 @@ class Authority:
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(seconds=30))
+            # A little in the past, for clocks slightly behind ours.
+            .not_valid_before(now - min(datetime.timedelta(seconds=30), lifetime / 20))
             .not_valid_after(min(now + lifetime, self.certificate.not_valid_after_utc))
             .add_extension(x509.SubjectAlternativeName([_san(n) for n in sans]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
