@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         if settings.kubernetes is not None:
             from kxds.sources.kubernetes import api_client
 
-            api = kube_api or api_client(settings.kubernetes.kubeconfig)
+            api = kube_api or api_client(settings.kubernetes.kubeconfig, settings.kubernetes.context)
         credentials, policy, provisioner = await asyncio.to_thread(_xds_security, settings, api)
         # Prime: every object is read and translated before any gateway can connect, so a restarted
         # control plane never serves an empty or partial configuration.
@@ -243,12 +244,23 @@ async def wait_for_signal() -> None:
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (exit 0), or until a background loop crashes (exit 1), so that
     the orchestrator restarts kxds instead of it serving a configuration that no longer follows."""
-    async with running(settings) as plane:
-        signal_task = asyncio.create_task(wait_for_signal())
-        done, _ = await asyncio.wait([signal_task, *plane.tasks], return_when=asyncio.FIRST_COMPLETED)
-        signal_task.cancel()
-        for task in done - {signal_task}:
-            error = task.exception() if not task.cancelled() else None
-            log.error("kxds.crashed", task=task.get_coro().__qualname__, error=repr(error), exc_info=error)  # type: ignore[union-attr]
-            return 1
+    from kxds.kubeconfig import NoCredentials
+
+    try:
+        async with running(settings) as plane:
+            return await _until_stopped(plane)
+    except NoCredentials as exc:
+        log.error("kxds.no_credentials", error=str(exc))
+        print(f"kxds serve: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _until_stopped(plane: Running) -> int:
+    signal_task = asyncio.create_task(wait_for_signal())
+    done, _ = await asyncio.wait([signal_task, *plane.tasks], return_when=asyncio.FIRST_COMPLETED)
+    signal_task.cancel()
+    for task in done - {signal_task}:
+        error = task.exception() if not task.cancelled() else None
+        log.error("kxds.crashed", task=task.get_coro().__qualname__, error=repr(error), exc_info=error)  # type: ignore[union-attr]
+        return 1
     return 0

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve Envoy configuration for Knative Ingresses over ADS")
     _source_flag(serve, required=False)
     _flag(serve, "--kubernetes", action="store_true", help="watch the cluster (kubeconfig or in-cluster) instead of --source")
-    _flag(serve, "--kubeconfig", default="", help="kubeconfig file (default: in-cluster service account)")
+    _flag(serve, "--kubeconfig", default="", help="kubeconfig file (default, as kubectl: $KUBECONFIG, the pod's service account, ~/.kube/config)")
+    _flag(serve, "--context", default="", help="kubeconfig context (default: its current-context)")
     _flag(serve, "--namespace", default="", help="watch only this namespace (default: all)")
     _flag(serve, "--gateway-namespace", default=os.environ.get("KOURIER_GATEWAY_NAMESPACE", "kourier-system"),
           help="namespace of the gateway Services, for the status load balancer names")
@@ -198,6 +199,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if _switched_on(getattr(args, "kubernetes", False)):
         kubernetes = KubernetesSettings(
             kubeconfig=args.kubeconfig,
+            context=args.context,
             namespace=args.namespace,
             gateway_namespace=args.gateway_namespace,
             cluster_domain=args.cluster_domain,

@@ -32,6 +32,8 @@ LEAF_LIFETIME = datetime.timedelta(days=90)
 # Files of the gateway bundle (keys of the gateway Secret, names in the gateway directory).
 CA_FILE = "ca.crt"
 SDS_FILE = "sds.yaml"
+# The same certificate and key as PEM files, for tools (grpcurl) that speak to the xDS port.
+CERT_FILE, KEY_FILE = "tls.crt", "tls.key"
 
 
 class PkiError(Exception):
@@ -137,14 +139,15 @@ class Authority:
 
 
 def gateway_bundle(authority: Authority, leaf: Leaf) -> dict[str, bytes]:
-    """The files a gateway mounts: the CA to trust kxds by, and its own certificate as SDS."""
+    """The files a gateway mounts: the CA to trust kxds by, and its own certificate as SDS (and as
+    PEM files for other tools)."""
     secret = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         "name": GATEWAY_SDS_SECRET,
         "tls_certificate": {"certificate_chain": {"inline_string": leaf.cert.decode()}, "private_key": {"inline_string": leaf.key.decode()}},
     }
     sds = "# Written by kxds: the gateway's client certificate for the xDS connection.\n" + yaml.safe_dump({"resources": [secret]}, sort_keys=False)
-    return {CA_FILE: authority.pem, SDS_FILE: sds.encode()}
+    return {CA_FILE: authority.pem, SDS_FILE: sds.encode(), CERT_FILE: leaf.cert, KEY_FILE: leaf.key}
 
 
 def bundle_leaf(bundle: dict[str, bytes]) -> Leaf | None:

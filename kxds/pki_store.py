@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from kxds.pki import CA_FILE, LEAF_LIFETIME, Authority, Leaf, PkiError, bundle_current, gateway_bundle
+from kxds.pki import CA_FILE, LEAF_LIFETIME, SDS_FILE, Authority, Leaf, PkiError, bundle_current, gateway_bundle
 
 log = structlog.get_logger("kxds.pki")
 
@@ -68,8 +68,8 @@ class DirectoryStore:
 
     def save_gateway(self, bundle: dict[str, bytes]) -> None:
         self.gateway_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The CA first: Envoy re-reads the bundle on each file moved into the directory.
-        for name in sorted(bundle, key=lambda n: n != CA_FILE):
+        # The CA first and the SDS file last: Envoy re-reads it on each file moved into the directory.
+        for name in sorted(bundle, key=lambda n: (n != CA_FILE, n == SDS_FILE)):
             _write_private(self.gateway_dir / name, bundle[name])
 
 

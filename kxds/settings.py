@@ -51,7 +51,8 @@ class GatewaySettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KubernetesSettings:
-    kubeconfig: str = ""  # "" → in-cluster configuration, else this file
+    kubeconfig: str = ""  # "" → $KUBECONFIG, the pod's service account, ~/.kube/config (as kubectl)
+    context: str = ""  # a context of the kubeconfig; "" → its current-context
     namespace: str = ""  # "" → every namespace
     gateway_namespace: str = "kourier-system"  # KOURIER_GATEWAY_NAMESPACE: status hostnames, prober targets
     cluster_domain: str = "cluster.local"

@@ -236,13 +236,18 @@ class KubernetesSource:
             await asyncio.to_thread(thread.join, 5)
 
 
-def api_client(kubeconfig: str = "") -> client.ApiClient:
-    """From a kubeconfig file, or the in-cluster service account when none is given."""
+def api_client(kubeconfig: str = "", context: str = "") -> client.ApiClient:
+    """From the credentials kubectl would use (kxds/kubeconfig.py): `kubeconfig` if given, then
+    $KUBECONFIG, the pod's service account, ~/.kube/config; `context` picks a kubeconfig context."""
     from kubernetes import config
 
-    if kubeconfig:
+    from kxds.kubeconfig import resolve
+
+    found = resolve(kubeconfig, context)
+    log.info("kubernetes.credentials", source=found.source, context=found.context)
+    if found.kubeconfig:
         configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        config.load_kube_config(config_file=found.kubeconfig, context=found.context or None, client_configuration=configuration)
     else:
         config.load_incluster_config()
         configuration = client.Configuration.get_default_copy()

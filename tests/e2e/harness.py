@@ -158,9 +158,10 @@ class ControlPlane:
         wait_until(lambda: self.process.poll() is not None or self._admin_ok(), timeout=60, what="kxds to serve")
         if self.process.poll() is not None:
             raise RuntimeError(f"kxds exited:\n{self.log_path.read_text()}")
-        if own_pki and "--kubeconfig" in extra_args:
+        kubeconfig = extra_args[list(extra_args).index("--kubeconfig") + 1] if "--kubeconfig" in extra_args else (env or {}).get("KUBECONFIG")
+        if own_pki and "--kubernetes" in extra_args and kubeconfig:
             # Kubernetes mode keeps the gateways' bundle in a Secret: mount it, as kubelet would.
-            self.gateway_pki = mount_gateway_secret(extra_args[list(extra_args).index("--kubeconfig") + 1], workdir / "gateway-pki")
+            self.gateway_pki = mount_gateway_secret(kubeconfig, workdir / "gateway-pki")
 
     def _admin_ok(self) -> bool:
         try:

@@ -126,3 +126,12 @@ def test_bootstrap_with_mutual_tls_and_the_flags_that_must_go_together(tmp_path:
     # Server-only TLS authenticates nobody: it needs --xds-tls-ca, or --insecure said out loud.
     unauthenticated = kxds("serve", "--source", str(tmp_path), "--xds-tls-cert", str(tmp_path / "tls.crt"), "--xds-tls-key", str(tmp_path / "tls.key"))
     assert unauthenticated.returncode != 0 and "does not authenticate gateways" in unauthenticated.stderr
+
+
+def test_kubernetes_mode_without_credentials_says_what_it_tried(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    result = subprocess.run([sys.executable, "-m", "kxds", "serve", "--kubernetes", "--xds-pki-dir", str(tmp_path / "pki")],
+                            capture_output=True, text=True, timeout=60, env={**env, "HOME": str(tmp_path)}, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "no Kubernetes credentials found; tried --kubeconfig (not given), $KUBECONFIG (unset)" in result.stderr
+    assert f"{tmp_path}/.kube/config (missing)" in result.stderr

@@ -97,7 +97,9 @@ class KubeStack(Stack):
         self.ports = ListenerPorts()
         self.backends = Backends()
         config = kubeconfig(workdir / "kubeconfig", url)
-        self.plane = ControlPlane(workdir, self.ports, ["--kubernetes", "--kubeconfig", str(config), "--gateway-namespace", "kourier-system"])
+        # Credentials found the way kubectl finds them: $KUBECONFIG, and a context picked by name.
+        self.plane = ControlPlane(workdir, self.ports, ["--kubernetes", "--context", "kmock", "--gateway-namespace", "kourier-system"],
+                                  env={"KUBECONFIG": str(config)})
         self.gateway = Gateway(workdir, self.plane)
 
 
@@ -259,3 +261,13 @@ async def _serial_is(port: int, host: str, serial: int) -> bool:
     from tests.e2e.test_tls import served_serial
 
     return await asyncio.to_thread(served_serial, port, host) == serial
+
+
+async def test_kxds_provisions_its_ca_and_the_gateways_bundle_as_secrets(cluster: Cluster) -> None:
+    ca = await cluster.call(cluster.core.read_namespaced_secret, "kxds-xds-ca", "knative-serving")
+    bundle = await cluster.call(cluster.core.read_namespaced_secret, "kxds-gateway-xds", "kourier-system")
+    assert set(ca.data) == {"ca.crt", "ca.key"}
+    assert {"ca.crt", "sds.yaml", "tls.crt", "tls.key"} <= set(bundle.data)
+    assert bundle.data["ca.crt"] == ca.data["ca.crt"] and "ca.key" not in bundle.data  # gateways never see the CA's key
+    # The gateway in this stack connected with that bundle (mounted as kubelet would).
+    assert cluster.stack.plane.gateways() and all(g["identity"] == "kxds-gateway" for g in cluster.stack.plane.gateways())
