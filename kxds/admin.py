@@ -41,8 +41,8 @@ Page = Callable[[], Any]  # builds a page's data on the xDS loop; encoded as JSO
 class AdminState:
     """What the pages show, read on the xDS loop: cheap objects, no encoding."""
 
-    def __init__(self, controller: Controller, fleet: Fleet, serving: Callable[[], bool]) -> None:
-        self._controller, self._fleet, self._serving = controller, fleet, serving
+    def __init__(self, controller: Controller, fleet: Fleet, metrics: Metrics, serving: Callable[[], bool]) -> None:
+        self._controller, self._fleet, self._metrics, self._serving = controller, fleet, metrics, serving
 
     def generation(self) -> tuple[int, int]:
         """Changes whenever a page could: a snapshot published, a gateway's state moved."""
@@ -71,7 +71,9 @@ class AdminState:
         }
 
     def refresh_gauges(self) -> Any:
-        self._controller.statuses()  # the readiness gauges
+        """The gauges computed at scrape time: readiness, and gateways not in sync."""
+        self._controller.statuses()
+        self._metrics.unsynced.set(sum(g.stream.synced_serial < self._fleet.snapshot.serial for g in self._fleet.gateways.values()))
         return None
 
     def ready(self) -> bool:

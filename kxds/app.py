@@ -85,7 +85,7 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         await xds.start()
         stack.push_async_callback(xds.stop)
         await xds.set_serving()
-        admin = AdminServer(AdminState(controller, fleet, serving=lambda: True), metrics, split_address(settings.admin_address),
+        admin = AdminServer(AdminState(controller, fleet, metrics, serving=lambda: True), metrics, split_address(settings.admin_address),
                             asyncio.get_running_loop())
         admin.start()
         stack.callback(admin.stop)
@@ -157,7 +157,7 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 def _file_source(settings: Settings, filters: Filters, controller: Controller, metrics: Metrics) -> list[asyncio.Task[None]]:
     if settings.source_dir is None:
         raise ValueError("a source directory is required without --kubernetes")
-    source = FileSource(settings.source_dir, filters, controller.apply, on_reject=lambda kind: metrics.rejected_objects.labels(kind).inc())
+    source = FileSource(settings.source_dir, filters, controller.apply, on_reject=metrics.rejected)
     source.load()
     return [asyncio.create_task(source.run())]
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from kxds import __version__
+
+# Every label value known in advance is exported at 0 from start-up, so a rate() or an alert on a
+# series sees it before the first event (a series that does not exist yet has no rate).
+XDS_TYPES = ("CDS", "EDS", "LDS", "RDS", "SRDS", "SDS")
+OBJECT_KINDS = ("Ingress", "Service", "EndpointSlice", "Secret", "ConfigMap", "file", "other")
 
 
 class Metrics:
@@ -15,6 +22,7 @@ class Metrics:
         self.unknown_types = Counter("kxds_xds_unknown_type_requests", "xDS requests for a type kxds does not serve", registry=r)
         self.stale = Counter("kxds_xds_stale_nonces", "xDS requests ignored for a stale nonce", ["type"], registry=r)
         self.gateways = Gauge("kxds_connected_gateways", "Envoy gateways with an open ADS stream", registry=r)
+        self.unsynced = Gauge("kxds_gateways_unsynced", "Connected gateways that have not applied the newest snapshot", registry=r)
         self.build_seconds = Histogram(
             "kxds_snapshot_build_seconds",
             "Time to translate the world and build a snapshot",
@@ -29,3 +37,16 @@ class Metrics:
             registry=r,
         )
         self.rejected_objects = Counter("kxds_rejected_objects", "Source documents rejected", ["kind"], registry=r)
+        Info("kxds_build", "The running kxds", registry=r).info({"version": __version__})
+        for kind in XDS_TYPES:
+            for counter in (self.responses, self.acks, self.nacks, self.stale):
+                counter.labels(kind)
+        for ready in ("true", "false"):
+            self.ingresses.labels(ready).set(0)
+        for kind in OBJECT_KINDS:
+            self.rejected_objects.labels(kind)
+
+    def rejected(self, kind: str) -> None:
+        """Count a rejected document by its kind; a kind kxds does not read counts as "other" (the
+        label never takes a value a document chose)."""
+        self.rejected_objects.labels(kind if kind in OBJECT_KINDS else "other").inc()
