@@ -4,6 +4,7 @@ Ingress edit fast and /healthz answering, and half-sent requests are cut off."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import threading
 import time
@@ -37,6 +38,18 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.close()
 
 
+def served(port: int, host: str) -> bool:
+    """One request through the gateway without a process start (curl's would blur the timing)."""
+    connection = http.client.HTTPConnection(LOCAL, port, timeout=2)
+    try:
+        connection.request("GET", "/", headers={"Host": host})
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
 def storm(port: int, requests: int, done: threading.Event, results: list[int]) -> None:
     async def main() -> None:
         limits = aiohttp.TCPConnector(limit=requests)
@@ -65,7 +78,7 @@ def test_a_thousand_admin_requests_leave_an_edit_fast(loaded: Stack) -> None:
         health = time.monotonic() - health_started
         edited = time.monotonic()
         stack.plane.write("objects-edit.yaml", [ingress("edited", rule(["edited.example.com"], path(split("echo"), append={"X-Edit": "1"})))])
-        wait_until(lambda: curl(stack.ports.external, "edited.example.com").status == 200, timeout=10, interval=0.01, what="the edit")
+        wait_until(lambda: served(stack.ports.external, "edited.example.com"), timeout=10, interval=0.005, what="the edit")
         latency = time.monotonic() - edited
     finally:
         thread.join(timeout=180)
@@ -73,7 +86,8 @@ def test_a_thousand_admin_requests_leave_an_edit_fast(loaded: Stack) -> None:
     assert set(statuses) <= {200, 503}  # served, or refused at once when too many at a time
     assert statuses.count(200) >= 64
     assert health < 0.5, health
-    assert latency < 0.5 + 0.3, latency  # + the file source's write-to-event debounce and curl's own start
+    print(f"edit reached Envoy {latency:.3f}s after the write, /healthz {health:.3f}s, during 1,000 admin requests")
+    assert latency < 0.5, latency
 
 
 def test_half_sent_requests_are_cut_off(loaded: Stack) -> None:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from _pytest.monkeypatch import MonkeyPatch
 
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.conftest import Stack
@@ -30,12 +31,29 @@ def host(name: str) -> str:
     return f"{name}.example.com"
 
 
+# Kourier's layout over SotW (the culprit shares a route configuration with every other Ingress),
+# and the scoped layout over delta (each Ingress has its own; the culprit shares a Service).
 @pytest.fixture(scope="module")
-def culprit_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def monkeypatch_module() -> Iterator[MonkeyPatch]:
+    patch = MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+LAYOUTS = {"kourier-sotw": {}, "scoped-delta": {"KXDS_ROUTE_LAYOUT": "scoped", "KXDS_TEST_DELTA": "1"}}
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def culprit_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: MonkeyPatch) -> Iterator[Stack]:
+    for name in ("KXDS_ROUTE_LAYOUT", "KXDS_TEST_DELTA"):
+        if name in LAYOUTS[request.param]:
+            monkeypatch_module.setenv(name, LAYOUTS[request.param][name])
+        else:
+            monkeypatch_module.delenv(name, raising=False)
     stack = Stack(tmp_path_factory.mktemp("culprit"), env={"KXDS_TEST_CORRUPT_HOST_PREFIX": "culprit"})
     try:
         port = stack.backends.start("echo")
-        for name in [*INNOCENTS, "late-0", "late-1", "late-2", "late-3", "culprit"]:
+        for name in [*INNOCENTS, "late-0", "late-1", "late-2", "late-3"]:
             stack.plane.write(f"svc-{name}.yaml", [service(name, NS, target=port), endpoint_slice(name, [LOCAL], port, NS)])
         for name in INNOCENTS:
             stack.plane.write(f"ing-{name}.yaml", [ingress(name, rule([host(name)], path(split(name))))])
@@ -82,7 +100,9 @@ def test_only_the_culprit_is_held_out_and_the_others_keep_serving_and_updating(c
     with Watch(stack) as watch:
         # The culprit arrives in one burst with four innocents: all five changed in the update
         # Envoy rejects, and its message names none of them.
-        stack.plane.write("burst.yaml", [ingress(name, rule([host(name)], path(split(name)))) for name in ("late-0", "late-1", "culprit", "late-2", "late-3")])
+        # The culprit routes to an innocent's Service.
+        stack.plane.write("burst.yaml", [ingress(name, rule([host(name)], path(split("innocent-0" if name == "culprit" else name))))
+                                         for name in ("late-0", "late-1", "culprit", "late-2", "late-3")])
         status = stack.plane.wait_status(f"{NS}/culprit", lambda s: s["reason"] == "EnvoyRejected", timeout=30)
         assert "a gateway rejected this Ingress's configuration" in status["message"]
         for name in ("late-0", "late-1", "late-2", "late-3"):

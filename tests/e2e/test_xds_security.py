@@ -192,3 +192,20 @@ def test_oversized_requests_are_refused_without_growing_memory(secured: Secured)
     assert secured.rss_mib() - before < 50
     assert secured.plane.get("/healthz")[0] == 200
     assert curl(secured.ports.external, "plain.example.com").status == 200
+
+
+def test_a_client_that_never_acknowledges_does_not_block_readiness(secured: Secured) -> None:
+    """Any pod may open streams and never ACK: none of them counts as a gateway."""
+    opened = []
+    for kind, channel in _strangers(secured).items():
+        request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node={"id": "3scale-kourier-gateway"})
+        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(iter([request]), timeout=30)
+        opened.append((kind, channel, stream))
+    try:
+        secured.plane.write("ready.yaml", [ingress("ready-anyway", rule(["ready.example.com"], path(split("echo"))))])
+        secured.plane.wait_ready("ns/ready-anyway", timeout=10)
+        assert len(secured.plane.gateways()) == 1
+    finally:
+        for _, channel, stream in opened:
+            stream.cancel()
+            channel.close()
