@@ -168,7 +168,7 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
     from kxds.leader import LeaderElector, LeaseSettings
     from kxds.model.ingress import Ingress
     from kxds.prober import GATEWAY_SERVICE, Prober
-    from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, ingress_status_patcher
+    from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, event_recorder, ingress_status_patcher
     from kxds.status import LoadBalancers, StatusWriter
 
     identity = kube.identity or f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
@@ -184,7 +184,8 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
         return await prober.ready(ingress, pods, controller.acked_gateway_ips(ingress.key))
 
     writer = StatusWriter(controller.statuses, ingress_status_patcher(api),
-                          LoadBalancers(gateway_namespace=kube.gateway_namespace, cluster_domain=kube.cluster_domain), verify)
+                          LoadBalancers(gateway_namespace=kube.gateway_namespace, cluster_domain=kube.cluster_domain), verify,
+                          record=event_recorder(api, "kxds", identity))
 
     def on_raw(key: ObjectKey, raw: Mapping[str, Any] | None) -> None:
         if key.kind == "Ingress":

@@ -16,11 +16,18 @@ from typing import Any
 import structlog
 
 from kxds.controller import NO_GATEWAY, UNINITIALIZED, IngressStatus
-from kxds.translate.gateway import DOMAIN_CONFLICT, RECONCILE_FAILED
+from kxds.quarantine import ENVOY_REJECTED
+from kxds.translate.gateway import BACKEND_NOT_FOUND, DOMAIN_CONFLICT, RECONCILE_FAILED
 
 log = structlog.get_logger("kxds.status")
 
 LB_WAITING = "Waiting for load balancer to be ready"
+# Reasons that get a Kubernetes Event on the Ingress (`kubectl describe kingress` shows them), and
+# the return to Ready. An Event is recorded when the reason or message changes, not per rebuild.
+EVENT_REASONS = frozenset({RECONCILE_FAILED, DOMAIN_CONFLICT, BACKEND_NOT_FOUND, ENVOY_REJECTED})
+READY_EVENT = "Ready"
+# Record(namespace, name, uid, event type, reason, message)
+Record = Callable[[str, str, str, str, str, str], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,8 +101,12 @@ class StatusWriter:
     """Keeps every owned Ingress's status in line with kxds's view, writing only differences."""
 
     def __init__(self, statuses: Callable[[], list[IngressStatus]], patch: Callable[[str, str, dict[str, Any]], None],
-                 balancers: LoadBalancers, verify: Callable[[IngressStatus], Awaitable[bool]] | None = None) -> None:
+                 balancers: LoadBalancers, verify: Callable[[IngressStatus], Awaitable[bool]] | None = None,
+                 record: Record | None = None) -> None:
         self._statuses = statuses
+        self._record = record
+        # "ns/name" → (reason, message) of the last Event recorded for it.
+        self._announced: dict[str, tuple[str, str]] = {}
         self._patch = patch
         self._balancers = balancers
         # Every gateway pod's own word (the hash probe) instead of this replica's ACKs alone.
@@ -106,8 +117,32 @@ class StatusWriter:
     def observe(self, key: str, raw: Mapping[str, Any] | None) -> None:
         if raw is None:
             self.observed.pop(key, None)
+            self._announced.pop(key, None)
         else:
             self.observed[key] = raw
+
+    async def _announce(self, status: IngressStatus, raw: Mapping[str, Any]) -> None:
+        """An Event for a failure reason, or for the return to Ready after one; once per change."""
+        key = f"{status.namespace}/{status.name}"
+        if self._record is None:
+            return
+        if status.ready:
+            if self._announced.get(key, (READY_EVENT, ""))[0] == READY_EVENT:
+                return  # never failed, or already announced as ready
+            kind, reason, message = "Normal", READY_EVENT, "Ingress is ready: every gateway serves its current configuration"
+        elif status.reason in EVENT_REASONS:
+            kind, reason, message = "Warning", status.reason, status.message
+        else:
+            return
+        if self._announced.get(key) == (reason, message):
+            return
+        uid = str((raw.get("metadata") or {}).get("uid") or "")
+        try:
+            await asyncio.to_thread(self._record, status.namespace, status.name, uid, kind, reason, message[:1024])
+        except Exception as exc:  # an Event is best effort; the next change records again
+            log.warning("event.write_failed", ingress=key, reason=reason, error=repr(exc))
+            return
+        self._announced[key] = (reason, message)
 
     async def sync(self) -> int:
         """Write what differs; returns how many Ingresses were written."""
@@ -120,6 +155,7 @@ class StatusWriter:
             if self._verify is not None and status.reason in ("", UNINITIALIZED, NO_GATEWAY):
                 ready = await self._verify(status)
                 status = replace(status, ready=ready, reason="" if ready else UNINITIALIZED, message="" if ready else LB_WAITING)
+            await self._announce(status, raw)
             generation = int((raw.get("metadata") or {}).get("generation") or 0)
             current = raw.get("status")
             wanted = desired_status(status, generation, current, self._balancers)

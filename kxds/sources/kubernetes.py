@@ -9,6 +9,7 @@ source is primed once every kind's first list is in: only then is anything trans
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import threading
 import time
@@ -252,6 +253,24 @@ def api_client(kubeconfig: str = "", context: str = "") -> client.ApiClient:
         config.load_incluster_config()
         configuration = client.Configuration.get_default_copy()
     return client.ApiClient(configuration)
+
+
+def event_recorder(api: client.ApiClient, component: str, host: str) -> Callable[[str, str, str, str, str, str], None]:
+    """Records a core/v1 Event on an Ingress, as `kubectl describe` shows them."""
+    core = client.CoreV1Api(api)
+
+    def record(namespace: str, name: str, uid: str, kind: str, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        involved = client.V1ObjectReference(api_version=f"{INGRESS_GROUP}/{INGRESS_VERSION}", kind="Ingress", name=name, namespace=namespace, uid=uid or None)
+        event = client.CoreV1Event(
+            # client-go's name for an Event: the object's name and the time in hex nanoseconds.
+            metadata=client.V1ObjectMeta(name=f"{name}.{time.time_ns():x}", namespace=namespace),
+            involved_object=involved, reason=reason, message=message, type=kind, count=1,
+            first_timestamp=now, last_timestamp=now, source=client.V1EventSource(component=component, host=host),
+            reporting_component=component, reporting_instance=host)
+        core.create_namespaced_event(namespace, event)
+
+    return record
 
 
 def ingress_status_patcher(api: client.ApiClient) -> Callable[[str, str, dict[str, Any]], None]:

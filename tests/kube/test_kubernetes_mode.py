@@ -107,7 +107,7 @@ class KubeStack(Stack):
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     async with VersionedEmulator() as emulator, Server(emulator) as server:
         # Declare the kinds kxds lists (the emulator 404s unknown resources).
-        for declared in ("v1/services", "v1/secrets", "v1/configmaps", "discovery.k8s.io/v1/endpointslices", "coordination.k8s.io/v1/leases", f"{GROUP}/{VERSION}/{PLURAL}"):
+        for declared in ("v1/services", "v1/secrets", "v1/configmaps", "v1/events", "discovery.k8s.io/v1/endpointslices", "coordination.k8s.io/v1/leases", f"{GROUP}/{VERSION}/{PLURAL}"):
             emulator.resources[declared] = {"namespaced": True}
         url = str(server.url).rstrip("/")
         api = client.ApiClient(client.Configuration(host=url))
@@ -271,3 +271,29 @@ async def test_kxds_provisions_its_ca_and_the_gateways_bundle_as_secrets(cluster
     assert bundle.data["ca.crt"] == ca.data["ca.crt"] and "ca.key" not in bundle.data  # gateways never see the CA's key
     # The gateway in this stack connected with that bundle (mounted as kubelet would).
     assert cluster.stack.plane.gateways() and all(g["identity"] == "kxds-gateway" for g in cluster.stack.plane.gateways())
+
+
+async def test_failures_and_the_return_to_ready_are_kubernetes_events_once_each(cluster: Cluster) -> None:
+    await cluster.create_ingress(ingress("evented", rule(["evented.example.com"], path(split("evented-svc", namespace=NS))), namespace=NS))
+
+    async def events() -> list[Any]:
+        listed = await cluster.call(cluster.core.list_namespaced_event, NS)
+        return [e for e in listed.items if e.involved_object.name == "evented" and e.involved_object.kind == "Ingress"]
+
+    async def reasons() -> list[str]:
+        return [e.reason for e in await events()]
+
+    assert await cluster.until(lambda: _having(reasons(), "BackendNotFound"), what="a BackendNotFound event")
+    await cluster.backend("evented-svc")
+    assert await cluster.until(lambda: _having(reasons(), "Ready"), what="the Ready event")
+    await asyncio.sleep(2.5)  # several more status passes: nothing is recorded again
+    recorded = await events()
+    assert [e.reason for e in recorded] == ["BackendNotFound", "Ready"], [(e.reason, e.message) for e in recorded]
+    warning, normal = recorded
+    assert warning.type == "Warning" and f"Service {NS}/evented-svc not found" in warning.message
+    assert normal.type == "Normal" and warning.involved_object.api_version == f"{GROUP}/{VERSION}"
+    assert warning.source.component == "kxds"
+
+
+async def _having(pending: Any, reason: str) -> bool:
+    return reason in await pending
