@@ -17,7 +17,7 @@ import structlog
 
 from kxds import baseline, faults
 from kxds.metrics import Metrics
-from kxds.model.config import KourierConfig, NetworkConfig
+from kxds.model.config import KourierConfig, NetworkConfig, TrustBundle
 from kxds.model.ingress import Ingress, RejectedIngress
 from kxds.model.objects import ObjectKey, Parsed
 from kxds.model.secret import Secret
@@ -77,6 +77,7 @@ def build_world(objects: Iterable[Parsed]) -> World:
     services: dict[str, Service] = {}
     slices: dict[str, list[EndpointSlice]] = {}
     secrets: dict[str, Secret] = {}
+    bundles: list[TrustBundle] = []
     kourier, network = KourierConfig(), NetworkConfig()
     for obj in objects:
         match obj:
@@ -92,6 +93,8 @@ def build_world(objects: Iterable[Parsed]) -> World:
                 kourier = obj
             case NetworkConfig():
                 network = obj
+            case TrustBundle():
+                bundles.append(obj)
     return World(
         ingresses=tuple(sorted(ingresses, key=lambda i: i.key)),
         services=services,
@@ -99,6 +102,7 @@ def build_world(objects: Iterable[Parsed]) -> World:
         secrets=secrets,
         kourier=kourier,
         network=network,
+        trust_bundles=tuple(sorted(bundles, key=lambda b: b.key)),
     )
 
 
@@ -146,7 +150,7 @@ class Controller:
         for key, obj in upserts.items():
             # A status write echoed by the watch parses to the same object: nothing to rebuild.
             before = self._objects.get(key)
-            if isinstance(obj, (KourierConfig, NetworkConfig)):
+            if isinstance(obj, (KourierConfig, NetworkConfig, TrustBundle)):
                 for problem in obj.problems:
                     log.warning("config.invalid", problem=problem)
                 if isinstance(obj, KourierConfig):
@@ -155,6 +159,8 @@ class Controller:
             if before != obj:
                 self._objects[key] = obj
                 changed.append((key, before, obj))
+                for note in obj.notes if isinstance(obj, Ingress) else ():
+                    log.warning("ingress.note", ingress=f"{key.namespace}/{key.name}", note=note)
         for key in deletes:
             removed = self._objects.pop(key, None)
             if removed is not None:

@@ -265,3 +265,40 @@ _KOURIER_KEYS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = (
     ("certs-secret-namespace", "certs_secret_namespace", fields.string),
     ("cluster-cert-secret", "cluster_cert_secret", fields.string),
 )
+
+
+TRUST_BUNDLE_LABEL = "networking.knative.dev/trust-bundle"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustBundle:
+    """A ConfigMap of the system namespace labelled `networking.knative.dev/trust-bundle: "true"`:
+    with system-internal-tls, its PEM certificates are trusted for upstream TLS beside
+    routing-serving-certs's ca.crt (Knative's trust-bundle convention)."""
+
+    namespace: str
+    name: str
+    pem: bytes  # every valid PEM value, in key order
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def is_trust_bundle(metadata: Mapping[str, Any]) -> bool:
+    labels = metadata.get("labels")
+    return isinstance(labels, Mapping) and labels.get(TRUST_BUNDLE_LABEL) == "true"
+
+
+def parse_trust_bundle(namespace: str, name: str, data: Mapping[str, Any]) -> TrustBundle:
+    """Each value that holds PEM certificates is kept; any other is left out with a problem
+    naming it (the rest of the bundle still applies)."""
+    values, problems = [], []
+    for key in sorted(data):
+        value = data[key]
+        if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
+            problems.append(f"ConfigMap {namespace}/{name}: data.{key} holds no PEM certificate; left out of the trust bundle")
+            continue
+        values.append(value.strip() + "\n")
+    return TrustBundle(namespace=namespace, name=name, pem="".join(values).encode(), problems=tuple(problems))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,11 @@ CLASS_ANNOTATION = "networking.knative.dev/ingress.class"
 DISABLE_HTTP2_ANNOTATION = "kourier.knative.dev/disable-http2"
 # Skip the gateway's ext-authz check for this Ingress's hosts (net-kourier#1197).
 DISABLE_EXT_AUTHZ_ANNOTATION = "kourier.knative.dev/disable-extauthz"
+# Knative Serving's traffic tag → hosts map (JSON); see `_tag_rules`.
+TAG_TO_HOST_ANNOTATION = "networking.internal.knative.dev/tag-to-host"
+TAG_HEADER = "Knative-Serving-Tag"
+# Knative reads the cluster domain from the pod's resolver; cluster-local tag hosts end with it.
+LOCAL_SUFFIX = ".svc.cluster.local"
 
 
 class Visibility(enum.StrEnum):
@@ -82,6 +88,8 @@ class Ingress:
     disable_ext_authz: bool = False
     labels: tuple[tuple[str, str], ...] = ()  # sent to ext-authz as context extensions
     hash: str
+    # What was ignored as Knative ignores it (an invalid tag-to-host annotation), for the log.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def key(self) -> str:
@@ -139,6 +147,9 @@ def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
     try:
         if not isinstance(namespace, str) or not isinstance(name, str) or not name:
             raise FieldError("metadata.name", "missing or not a string")
+        spec = _spec(raw_spec, namespace)
+        tag_hosts, notes = _tag_to_hosts(_annotation(metadata, TAG_TO_HOST_ANNOTATION))
+        spec["rules"] = (*spec["rules"], *_tag_rules(spec["rules"], tag_hosts))
         return Ingress(
             namespace=namespace,
             name=name,
@@ -148,11 +159,60 @@ def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
             disable_ext_authz=_annotation(metadata, DISABLE_EXT_AUTHZ_ANNOTATION).lower() == "true",
             labels=fields.string_map(metadata.get("labels"), "metadata.labels"),
             hash=digest,
-            **_spec(raw_spec, namespace),
+            notes=notes,
+            **spec,
         )
     except FieldError as exc:
         error = InvalidObject("Ingress", str(namespace), str(name), exc.field, exc.problem)
         return RejectedIngress(namespace=str(namespace), name=str(name), generation=generation, hash=digest, error=error)
+
+
+def _tag_to_hosts(annotation: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """The tag-to-host annotation: a JSON object of tag → hosts. Invalid, it is ignored (as
+    Knative's TagToHosts ignores it) with a note; a tag with no hosts, or an invalid host, is left out."""
+    if not annotation:
+        return {}, ()
+    note = f"metadata.annotations[{TAG_TO_HOST_ANNOTATION}]: ignored, "
+    try:
+        parsed = json.loads(annotation)
+    except ValueError as exc:
+        return {}, (note + f"not JSON ({exc})",)
+    if not isinstance(parsed, dict) or not all(isinstance(v, list) and all(isinstance(h, str) for h in v) for v in parsed.values()):
+        return {}, (note + "expected an object of tag to a list of hosts",)
+    out, notes = {}, []
+    for tag, hosts in parsed.items():
+        valid = []
+        for host in hosts:
+            try:
+                valid.append(_host(host, f"metadata.annotations[{TAG_TO_HOST_ANNOTATION}].{tag}"))
+            except FieldError as exc:
+                notes.append(f"{exc.field}: {exc.problem}; left out")
+        if valid:
+            out[str(tag)] = tuple(dict.fromkeys(valid))
+    return out, tuple(notes)
+
+
+def _tag_rules(rules: tuple[Rule, ...], tag_hosts: Mapping[str, tuple[str, ...]]) -> list[Rule]:
+    """Knative's RouteHosts: a path that appends `Knative-Serving-Tag: <tag>` without matching on
+    that header is also served on the tag's hosts — the non-cluster-local ones for an ExternalIP
+    rule, the cluster-local ones with their short forms (`x.ns.svc`, `x.ns`) for a ClusterLocal
+    rule. Each becomes a rule of its own, so the translator needs to know nothing of tags."""
+    if not tag_hosts:
+        return []
+    out = []
+    for rule in rules:
+        for path in rule.paths:
+            tag = next((v for k, v in path.append_headers if k.lower() == TAG_HEADER.lower()), "")
+            if not tag or any(k.lower() == TAG_HEADER.lower() for k, _ in path.headers):
+                continue
+            local = rule.visibility is Visibility.CLUSTER_LOCAL
+            hosts = [h for h in tag_hosts.get(tag, ()) if h.endswith(LOCAL_SUFFIX) == local]
+            if local:
+                hosts = [form for h in hosts for form in (h, h.removesuffix(".cluster.local"), h.removesuffix(LOCAL_SUFFIX))]
+            extra = tuple(h for h in dict.fromkeys(hosts) if h not in rule.hosts)
+            if extra:
+                out.append(Rule(hosts=extra, visibility=rule.visibility, paths=(path,)))
+    return out
 
 
 def apply_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:

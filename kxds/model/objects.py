@@ -11,8 +11,11 @@ from kxds.model.config import (
     NETWORK_CONFIG_NAME,
     KourierConfig,
     NetworkConfig,
+    TrustBundle,
+    is_trust_bundle,
     parse_kourier_config,
     parse_network_config,
+    parse_trust_bundle,
 )
 from kxds.model.errors import FieldError, InvalidObject
 from kxds.model.ingress import Ingress, RejectedIngress, ingress_class, parse_ingress
@@ -20,7 +23,7 @@ from kxds.model.secret import Secret, parse_secret
 from kxds.model.service import EndpointSlice, Service, parse_endpoint_slice, parse_service
 from kxds.model.shape import check_shape
 
-Parsed = Ingress | RejectedIngress | Service | EndpointSlice | Secret | KourierConfig | NetworkConfig
+Parsed = Ingress | RejectedIngress | Service | EndpointSlice | Secret | KourierConfig | NetworkConfig | TrustBundle
 
 # (apiVersion, kind) pairs kxds understands; anything else in a source is skipped.
 KNOWN_KINDS = {
@@ -93,4 +96,7 @@ def parse_object(raw: Any, filters: Filters) -> tuple[ObjectKey, Parsed] | None:
                 return key, parse_kourier_config(data)
             if key.name == NETWORK_CONFIG_NAME:
                 return key, parse_network_config(data)
+            metadata = raw.get("metadata")
+            if isinstance(metadata, Mapping) and is_trust_bundle(metadata):
+                return key, parse_trust_bundle(key.namespace, key.name, data)
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kxds.model.config import KourierConfig, NetworkConfig
+from kxds.model.config import KourierConfig, NetworkConfig, TrustBundle
 from kxds.model.ingress import Ingress
 from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service
@@ -19,3 +19,4 @@ class World:
     secrets: Mapping[str, Secret] = field(default_factory=dict)
     kourier: KourierConfig = field(default_factory=KourierConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    trust_bundles: tuple[TrustBundle, ...] = ()  # in key order

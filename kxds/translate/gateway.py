@@ -309,7 +309,8 @@ class _Plan:
             all_scopes = [status_scope, *(s for r in self.scoped_results for s in r.scopes)]
             scoped[SCOPED_ROUTE] = tuple(scope for scope, _ in all_scopes)
             scope_asks = {scope.name: asks for scope, asks in all_scopes}
-        secrets = https.secrets() + ([tls.ca_secret(ca)] if ca and any(b.upstream_tls for _, b in wanted) else [])
+        bundles = [b.pem for b in world.trust_bundles if b.namespace == self.gateway.system_namespace and b.pem]
+        secrets = https.secrets() + ([tls.ca_secret(ca, bundles)] if ca and any(b.upstream_tls for _, b in wanted) else [])
         all_listeners = listeners.plain_listeners(self.gateway, self.kourier) + https.listeners()
         services = extensions.service_clusters(self.kourier.ext_authz, self.kourier.tracing)
         service_names = frozenset(c.name for c in services)

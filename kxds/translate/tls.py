@@ -8,6 +8,8 @@ the key, never its content.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -84,10 +86,13 @@ def certificate_secret(secret: Secret) -> secret_pb2.Secret:
     )
 
 
-def ca_secret(secret: Secret) -> secret_pb2.Secret:
+def ca_secret(secret: Secret, bundles: Iterable[bytes] = ()) -> secret_pb2.Secret:
+    """The upstream CA: the Secret's ca.crt, then each trust bundle's certificates. Its name stays
+    the Secret's, so a bundle change re-sends this one SDS resource and nothing else."""
+    trusted = secret.data[CA_KEY].rstrip(b"\n") + b"\n" + b"".join(bundles)
     return secret_pb2.Secret(
         name=ca_secret_name(secret),
-        validation_context=common_pb2.CertificateValidationContext(trusted_ca=base_pb2.DataSource(inline_bytes=secret.data[CA_KEY])),
+        validation_context=common_pb2.CertificateValidationContext(trusted_ca=base_pb2.DataSource(inline_bytes=trusted)),
     )
 
 

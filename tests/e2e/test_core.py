@@ -89,3 +89,23 @@ def test_convergence_is_measured_from_change_to_every_gateways_ack(stack: Stack)
     wait_until(lambda: observations() > before, what="a convergence observation")
     text = stack.plane.get("/metrics")[1].decode()
     assert 'kxds_convergence_seconds_bucket{le="60.0"}' in text
+
+
+def test_tag_to_host_routes_a_tag_host_through_envoy(stack: Stack) -> None:
+    """Knative's tag-to-host annotation: a path that appends the tag header without matching on it
+    is also served on the tag's hosts (external ones on the external listener, local ones with
+    their short forms on the internal one)."""
+    tag_path = path(split("tag-canary", namespace=NS), prefix="/canary", append={"Knative-Serving-Tag": "canary"})
+    doc = ingress("tagged", rule(["tagged.example.com"], tag_path, path(split("tag-main", namespace=NS))),
+                  rule(["tagged.e2e.svc.cluster.local"], tag_path, visibility="ClusterLocal"), namespace=NS)
+    doc["metadata"]["annotations"]["networking.internal.knative.dev/tag-to-host"] = (
+        '{"canary": ["canary-tagged.example.com", "canary-tagged.e2e.svc.cluster.local"]}')
+    publish(stack, "tagged.yaml", doc, *backend(stack, "tag-canary"), *backend(stack, "tag-main"))
+    assert curl(stack.ports.external, "tagged.example.com").json()["server"]["name"] == "tag-main"
+    reply = curl(stack.ports.external, "canary-tagged.example.com", "/canary")
+    assert reply.status == 200 and reply.json()["server"]["name"] == "tag-canary"
+    assert reply.request_header("Knative-Serving-Tag") == "canary"
+    assert curl(stack.ports.external, "canary-tagged.example.com", "/other").status == 404  # only the tag's path
+    for local in ("canary-tagged.e2e.svc.cluster.local", "canary-tagged.e2e.svc", "canary-tagged.e2e"):
+        assert curl(stack.ports.internal, local, "/canary").json()["server"]["name"] == "tag-canary", local
+    assert curl(stack.ports.external, "canary-tagged.e2e.svc.cluster.local", "/canary").status == 404  # local stays local

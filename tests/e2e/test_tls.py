@@ -257,3 +257,25 @@ def test_upstream_tls_without_a_ca_is_reported(internal_tls: TlsStack) -> None:
     finally:
         plane.remove("ing-noca.yaml")
         plane.write("internal-tls.yaml", list(yaml.safe_load_all(saved)))
+
+
+def test_a_trust_bundle_configmap_is_trusted_live(internal_tls: TlsStack) -> None:
+    """A backend whose certificate comes from a CA only a trust bundle names: refused, until a
+    ConfigMap labelled networking.knative.dev/trust-bundle carries that CA (over SDS, no restart)."""
+    env, plane = internal_tls, internal_tls.stack.plane
+    other = CertificateAuthority("mesh CA")
+    cert, key, _ = other.issue(f"kn-user-{NS}")
+    certfile, keyfile = env.stack.workdir / "bundled.crt", env.stack.workdir / "bundled.key"
+    certfile.write_bytes(cert)
+    keyfile.write_bytes(key)
+    port = env.stack.backends.start("bundled", certfile=str(certfile), keyfile=str(keyfile))
+    plane.write("svc-bundled.yaml", [service("bundled", NS, port=443, port_name="https", target=port),
+                                     endpoint_slice("bundled", [LOCAL], port, NS, port_name="https")])
+    publish(env, ingress("bundled", rule(["bundled.example.com"], path(split("bundled", port=443, namespace=NS))), namespace=NS))
+    assert curl(env.stack.ports.external, "bundled.example.com").status == 503  # not trusted yet
+    bundle = config_map("mesh-trust", {"mesh.pem": other.pem.decode()})
+    bundle["metadata"]["labels"] = {"networking.knative.dev/trust-bundle": "true"}
+    plane.write("trust-bundle.yaml", [bundle])
+    wait_until(lambda: curl(env.stack.ports.external, "bundled.example.com").status == 200, what="the trust bundle to apply")
+    assert env.stack.backends.hits["bundled"] >= 1
+    plane.remove("trust-bundle.yaml")  # (connections already verified stay up, as TLS has it)

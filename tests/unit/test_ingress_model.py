@@ -214,3 +214,47 @@ def test_disable_http2_annotation() -> None:
     raw = ingress()
     raw["metadata"]["annotations"] = {"kourier.knative.dev/disable-http2": "True"}
     assert valid(raw).disable_http2
+
+
+def tagged(annotation: str | None, visibility: str = "ExternalIP", match: bool = False) -> Ingress | RejectedIngress:
+    raw = ingress()
+    rule = _rule(raw)
+    rule["visibility"] = visibility
+    rule["hosts"] = ["hello.default.example.com"] if visibility == "ExternalIP" else ["hello.default.svc.cluster.local"]
+    tag_path = {"splits": [{"serviceNamespace": "ns", "serviceName": "svc-2", "servicePort": 80}], "appendHeaders": {"Knative-Serving-Tag": "canary"}}
+    if match:
+        tag_path["headers"] = {"Knative-Serving-Tag": {"exact": "canary"}}
+    rule["http"]["paths"].insert(0, tag_path)
+    if annotation is not None:
+        raw["metadata"]["annotations"] = {"networking.internal.knative.dev/tag-to-host": annotation}
+    return parse_ingress(raw)
+
+
+CANARY = '{"canary": ["canary-hello.default.example.com", "canary-hello.default.svc.cluster.local"], "empty": []}'
+
+
+def test_tag_to_host_serves_an_append_only_tag_path_on_the_tags_external_hosts() -> None:
+    parsed = tagged(CANARY)
+    assert isinstance(parsed, Ingress) and not parsed.notes
+    assert [r.hosts for r in parsed.rules] == [("hello.default.example.com",), ("canary-hello.default.example.com",)]
+    assert parsed.rules[1].paths == (parsed.rules[0].paths[0],)  # only the tag's path, unchanged
+    assert parsed.hash == tagged(None).hash  # the probe hash covers the spec, not the annotation or the tag rules
+
+
+def test_tag_to_host_on_a_cluster_local_rule_adds_the_local_hosts_with_their_short_forms() -> None:
+    parsed = tagged(CANARY, visibility="ClusterLocal")
+    assert isinstance(parsed, Ingress)
+    assert parsed.rules[1].hosts == ("canary-hello.default.svc.cluster.local", "canary-hello.default.svc", "canary-hello.default")
+
+
+def test_a_tag_path_matching_on_the_header_gets_no_tag_hosts() -> None:
+    parsed = tagged(CANARY, match=True)
+    assert isinstance(parsed, Ingress) and len(parsed.rules) == 1
+
+
+@pytest.mark.parametrize(("annotation", "note"), [("{not json", "not JSON"), ('["canary"]', "expected an object"),
+                                                  ('{"canary": ["bad host!"]}', "invalid host")])
+def test_an_invalid_tag_to_host_annotation_is_ignored_with_a_note(annotation: str, note: str) -> None:
+    parsed = tagged(annotation)
+    assert isinstance(parsed, Ingress) and len(parsed.rules) == 1
+    assert any(note in n for n in parsed.notes), parsed.notes

@@ -159,3 +159,23 @@ def test_upstream_tls_without_a_ca_fails_the_ingress() -> None:
     config = run(ingress("i", rule(["i.example.com"], path(split("b")))), network(True), *backend("b", 8002))
     assert config.outcomes["ns/i"].message == "system-internal-tls is enabled but Secret knative-serving/routing-serving-certs not found"
     assert not run(ingress("i", rule(["i.example.com"], path(split("b")))), network(False), *backend("b", 8002)).outcomes["ns/i"].reason
+
+
+def bundle_map(name: str, data: dict[str, str], labelled: bool = True, namespace: str = "knative-serving") -> dict[str, Any]:
+    labels = {"networking.knative.dev/trust-bundle": "true"} if labelled else {}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace, "labels": labels}, "data": data}
+
+
+def test_trust_bundles_join_the_upstream_ca() -> None:
+    ca = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "routing-serving-certs", "namespace": "knative-serving"},
+          "stringData": {"ca.crt": CA.pem.decode()}}
+    first, second, third, ignored = (CertificateAuthority(f"bundle {n}").pem.decode() for n in range(4))
+    objects = (ingress("i", rule(["i.example.com"], path(split("b")))), network(True), ca, *backend("b", 8002),
+               bundle_map("bundle-b", {"z.pem": third, "a.pem": second, "notes": "not a certificate"}), bundle_map("bundle-a", {"ca.pem": first}),
+               bundle_map("unlabelled", {"ca.pem": ignored}, labelled=False), bundle_map("elsewhere", {"ca.pem": ignored}, namespace="ns"))
+    (secret,) = run(*objects).secrets
+    trusted = secret.validation_context.trusted_ca.inline_bytes.decode()
+    # routing-serving-certs first, then each labelled ConfigMap of the system namespace in name order, its values in key order.
+    assert [trusted.index(p) for p in (CA.pem.decode(), first, second, third)] == sorted(trusted.index(p) for p in (CA.pem.decode(), first, second, third))
+    assert ignored not in trusted and "not a certificate" not in trusted
+    assert secret.name == "knative-serving/routing-serving-certs/ca.crt"  # the clusters naming it do not change
