@@ -93,6 +93,14 @@ class Backends:
         self._loop.close()
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def connectable(port: int) -> bool:
     try:
         socket.create_connection((LOCAL, port), timeout=0.5).close()

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 
 import pytest
-from _pytest.monkeypatch import MonkeyPatch
 
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.conftest import Stack
-from tests.e2e.harness import LOCAL, curl, wait_until
+from tests.e2e.harness import LOCAL, Traffic, curl, wait_until
 
 pytestmark = pytest.mark.e2e
 NS = "ns"
@@ -34,8 +32,8 @@ def host(name: str) -> str:
 # Kourier's layout over SotW (the culprit shares a route configuration with every other Ingress),
 # and the scoped layout over delta (each Ingress has its own; the culprit shares a Service).
 @pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[MonkeyPatch]:
-    patch = MonkeyPatch()
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    patch = pytest.MonkeyPatch()
     yield patch
     patch.undo()
 
@@ -44,7 +42,7 @@ LAYOUTS = {"kourier-sotw": {}, "scoped-delta": {"KXDS_ROUTE_LAYOUT": "scoped", "
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
-def culprit_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: MonkeyPatch) -> Iterator[Stack]:
+def culprit_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Stack]:
     for name in ("KXDS_ROUTE_LAYOUT", "KXDS_TEST_DELTA"):
         if name in LAYOUTS[request.param]:
             monkeypatch_module.setenv(name, LAYOUTS[request.param][name])
@@ -70,34 +68,10 @@ def rejected_route_updates(stack: Stack) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-class Watch:
-    """Requests to every innocent, in a loop, until stopped: every answer must be 200."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack, self.failures, self.sent = stack, [], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name in INNOCENTS:
-                status = curl(self.stack.ports.external, host(name)).status
-                self.sent += 1
-                if status != 200:
-                    self.failures.append(f"{name}: {status}")
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_only_the_culprit_is_held_out_and_the_others_keep_serving_and_updating(culprit_stack: Stack) -> None:
     stack = culprit_stack
-    with Watch(stack) as watch:
+    # Requests to every innocent, in a loop, for as long as the culprit is being dealt with.
+    with Traffic(stack.ports.external, [host(name) for name in INNOCENTS], 1) as watch:
         # The culprit arrives in one burst with four innocents: all five changed in the update
         # Envoy rejects, and its message names none of them.
         # The culprit routes to an innocent's Service.

@@ -12,7 +12,7 @@ import pytest
 
 from kxds.settings import DEFAULT_INGRESS_CLASS
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
-from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, wait_until
+from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, rss_mib, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -42,13 +42,6 @@ def deep_spec(levels: int = 600) -> str:
 def deep_json(levels: int = 100_000) -> str:
     """A 200 KB JSON document nested 100,000 levels deep."""
     return "[" * levels + "]" * levels
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 class Env:

@@ -19,7 +19,7 @@ from google.rpc import status_pb2
 from kxds.xds.type_urls import CLUSTER, LISTENER, ROUTE, SECRET
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.certificates import CertificateAuthority, self_signed, tls_secret
-from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, gateway_channel, wait_until
+from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, gateway_channel, rss_mib, wait_until
 
 pytestmark = pytest.mark.e2e
 NS = "ns"
@@ -47,10 +47,7 @@ class Secured:
         return self.key.decode().splitlines()[1]
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.plane.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
+        return rss_mib(self.plane.process.pid)
 
     def close(self) -> None:
         self.gateway.stop()

@@ -251,6 +251,14 @@ def static_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     return json_format.MessageToDict(boot)
 
 
+def envoy_validate(config: GatewayConfig) -> subprocess.CompletedProcess[str]:
+    """A real `envoy --mode validate` of the served configuration (see static_bootstrap)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "served.json"
+        path.write_text(json.dumps(static_bootstrap(config)))
+        return subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(path)], capture_output=True, text=True, timeout=120, check=False)
+
+
 @pytest.mark.e2e
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data(), sane_backends())
@@ -260,10 +268,7 @@ def test_envoy_accepts_everything_kxds_would_serve(data: st.DataObject, backend_
     world, rejected = parsed_world([*docs, *backend_docs])
     assert not rejected, [str(r.error) for r in rejected]
     config = translate(world, GatewaySettings(listen_address="127.0.0.1"))
-    with tempfile.TemporaryDirectory() as workdir:
-        path = Path(workdir) / "served.json"
-        path.write_text(json.dumps(static_bootstrap(config)))
-        result = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(path)], capture_output=True, text=True, timeout=120, check=False)
+    result = envoy_validate(config)
     served = [k for k, o in config.outcomes.items() if o.programmed]
     assert len(served) == len(docs), config.outcomes  # valid, distinct hosts, existing backends: all served
     assert result.returncode == 0, f"Envoy rejected the configuration for {served}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
@@ -317,8 +322,5 @@ def test_envoy_accepts_whatever_kxds_serves_at_and_beyond_its_limits(data: st.Da
     config = translate(world, GatewaySettings(listen_address="127.0.0.1"))
     served = [k for k, o in config.outcomes.items() if o.programmed]
     assert len(served) + len(rejected) == len(docs), config.outcomes
-    with tempfile.TemporaryDirectory() as workdir:
-        path = Path(workdir) / "served.json"
-        path.write_text(json.dumps(static_bootstrap(config)))
-        result = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(path)], capture_output=True, text=True, timeout=120, check=False)
+    result = envoy_validate(config)
     assert result.returncode == 0, f"Envoy rejected the configuration for {served}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
