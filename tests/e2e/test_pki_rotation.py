@@ -17,7 +17,7 @@ from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, gateway_leaf, wait_until
 
 pytestmark = pytest.mark.e2e
-LIFETIME = 12.0  # seconds: re-issued after two thirds of it
+LIFETIME = 20.0  # seconds: re-issued after two thirds of it
 
 
 def served_serial(plane: ControlPlane) -> int:
@@ -60,7 +60,8 @@ def test_both_certificates_rotate_without_a_restart_or_a_reconnection(tmp_path: 
                                      ingress("app", rule(["app.example.com"], path(split("echo"))))])
         plane.wait_ready("ns/app")
         first_bundle, first_server = bundle_serial(plane.gateway_pki), served_serial(plane)
-        wait_until(lambda: envoy_client_serials(gateway) == {first_bundle}, what="Envoy to hold the first client certificate")
+        # Envoy holds the bundle's certificate (the newest one, should a slow start have seen a rotation already).
+        wait_until(lambda: bundle_serial(plane.gateway_pki) in envoy_client_serials(gateway), what="Envoy to hold the bundle's client certificate")
         (stream,) = plane.gateways()
 
         wait_until(lambda: bundle_serial(plane.gateway_pki) != first_bundle, timeout=LIFETIME, what="the gateway certificate to be re-issued")
