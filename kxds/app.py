@@ -101,14 +101,14 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
 
 def _xds_security(settings: Settings, api: Any) -> tuple[Any, PeerPolicy, Provisioner | None]:
     """Credentials and peer policy of the xDS port (see Settings: own CA, operator files, or --insecure)."""
+    unauthenticated = settings.insecure if settings.xds_tls is None else settings.xds_tls.ca is None
+    if unauthenticated:
+        log.warning("xds.insecure", transport="plaintext" if settings.xds_tls is None else "server-only TLS",
+                    risk="--insecure: any client that reaches the xDS port is served configuration and private keys, and its "
+                         "NACKs can hold Ingresses out")
     if settings.xds_tls is not None:
-        if settings.xds_tls.ca is None:
-            log.warning("xds.insecure", risk="--insecure with server-only TLS: any client that reaches the xDS port is served "
-                        "configuration and private keys, and its NACKs can hold Ingresses out")
-        return server_credentials(settings.xds_tls), PeerPolicy(None if settings.xds_tls.ca is None else ""), None
+        return server_credentials(settings.xds_tls), PeerPolicy(None if unauthenticated else ""), None
     if settings.insecure:
-        log.warning("xds.insecure", risk="--insecure: plaintext xDS; any client that reaches the xDS port is served configuration "
-                    "and private keys, and its NACKs can hold Ingresses out")
         return None, PeerPolicy(None), None
     if settings.kubernetes is not None:
         ca_ref = settings.pki.ca_secret or f"{settings.system_namespace}/{CA_SECRET_NAME}"

@@ -233,10 +233,9 @@ def _pki(args: argparse.Namespace, kubernetes: KubernetesSettings | None) -> Xds
     secret = str(getattr(args, "gateway_pki_secret", DEFAULT_GATEWAY_PKI_SECRET))
     if kubernetes is not None and secret.count("/") != 1:
         raise SystemExit(f"kxds serve: --gateway-pki-secret: {secret!r} is not NAMESPACE/NAME")
-    pki = XdsPki(directory=Path(args.xds_pki_dir), gateway_secret=secret, server_names=XdsPki().server_names + extra)
-    if args.test_leaf_lifetime:
-        pki = XdsPki(directory=pki.directory, gateway_secret=secret, server_names=pki.server_names, leaf_lifetime_seconds=args.test_leaf_lifetime)
-    return pki
+    defaults = XdsPki()
+    return XdsPki(directory=Path(args.xds_pki_dir), gateway_secret=secret, server_names=defaults.server_names + extra,
+                  leaf_lifetime_seconds=args.test_leaf_lifetime or defaults.leaf_lifetime_seconds)
 
 
 def _xds_tls(args: argparse.Namespace) -> XdsTls | None:

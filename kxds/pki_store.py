@@ -19,7 +19,8 @@ from kxds.pki import CA_FILE, LEAF_LIFETIME, SDS_FILE, Authority, Leaf, PkiError
 
 log = structlog.get_logger("kxds.pki")
 
-CA_CERT, CA_KEY = "ca.crt", "ca.key"
+# The CA is kept as `ca.crt` (the name gateways know it by in their bundle) and `ca.key`.
+CA_KEY = "ca.key"
 
 
 class Store(Protocol):
@@ -51,14 +52,14 @@ class DirectoryStore:
 
     def load_ca(self) -> tuple[bytes, bytes] | None:
         try:
-            return (self.directory / CA_CERT).read_bytes(), (self.directory / CA_KEY).read_bytes()
+            return (self.directory / CA_FILE).read_bytes(), (self.directory / CA_KEY).read_bytes()
         except FileNotFoundError:
             return None
 
     def create_ca(self, cert: bytes, key: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(self.directory / CA_KEY, key)
-        _write_private(self.directory / CA_CERT, cert)
+        _write_private(self.directory / CA_FILE, cert)
 
     def load_gateway(self) -> dict[str, bytes] | None:
         try:
@@ -104,14 +105,14 @@ class SecretStore:
         data = self._read(self.ca_ref)
         if data is None:
             return None
-        if CA_CERT not in data or CA_KEY not in data:
-            raise PkiError(f"Secret {self.ca_ref} lacks {CA_CERT} or {CA_KEY}")
-        return data[CA_CERT], data[CA_KEY]
+        if CA_FILE not in data or CA_KEY not in data:
+            raise PkiError(f"Secret {self.ca_ref} lacks {CA_FILE} or {CA_KEY}")
+        return data[CA_FILE], data[CA_KEY]
 
     def create_ca(self, cert: bytes, key: bytes) -> None:
         namespace = self.ca_ref.split("/", 1)[0]
         try:
-            self._core.create_namespaced_secret(namespace, self._body(self.ca_ref, {CA_CERT: cert, CA_KEY: key}))
+            self._core.create_namespaced_secret(namespace, self._body(self.ca_ref, {CA_FILE: cert, CA_KEY: key}))
         except self._client.exceptions.ApiException as exc:
             if exc.status != 409:  # another replica created it first: theirs is the CA
                 raise
