@@ -4,7 +4,7 @@ down, starve the others or grow kxds's metrics or memory; no key leaves except t
 
 from __future__ import annotations
 
-import threading
+import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,42 +116,37 @@ def test_csds_shows_secrets_by_name_and_version_only(secured: Secured) -> None:
     assert secured.key_body not in secured.plane.log_path.read_text()
 
 
-def _forge_nacks(channel: grpc.Channel, message: str) -> list[str]:
-    """Take the current clusters and listeners as a gateway would, and reject them naming `message`."""
-    requests: list[discovery_pb2.DiscoveryRequest] = []
-    more = threading.Condition()
+def _forge_nacks(channel: grpc.Channel, message: str, handled: Callable[[], bool]) -> list[str]:
+    """Take the current clusters and listeners as a gateway would, reject them naming `message`,
+    and keep the stream open until `handled()` says kxds has seen the rejections."""
+    outgoing: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
+    outgoing.put(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node={"id": "3scale-kourier-gateway"}))
+    outgoing.put(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+    stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(iter(outgoing.get, None), timeout=30)
     seen: list[str] = []
-
-    def feed() -> Iterator[discovery_pb2.DiscoveryRequest]:
-        yield discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node={"id": "3scale-kourier-gateway"})
-        yield discovery_pb2.DiscoveryRequest(type_url=LISTENER)
-        while len(seen) < 2:
-            with more:
-                more.wait(timeout=5)
-                while requests:
-                    yield requests.pop(0)
-        time.sleep(0.5)  # let kxds handle the NACKs before the stream closes
-
-    stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(feed(), timeout=15)
-    for response in stream:
-        seen.append(response.type_url)
-        nack = discovery_pb2.DiscoveryRequest(type_url=response.type_url, response_nonce=response.nonce, version_info="",
-                                              error_detail=status_pb2.Status(code=3, message=message))
-        with more:
-            requests.append(nack)
-            more.notify()
-        if len(seen) == 2:
-            break
-    stream.cancel()
+    try:
+        for response in stream:
+            seen.append(response.type_url)
+            outgoing.put(discovery_pb2.DiscoveryRequest(type_url=response.type_url, response_nonce=response.nonce, version_info="",
+                                                        error_detail=status_pb2.Status(code=3, message=message)))
+            if len(seen) == 2:
+                break
+        wait_until(handled, what="kxds to see the forged NACKs")
+    finally:
+        outgoing.put(None)
+        stream.cancel()
     return seen
 
 
 def test_a_forged_nack_takes_nothing_down(secured: Secured) -> None:
     """Even a client holding the gateway certificate cannot withdraw what a real gateway accepted."""
+    def handled() -> bool:
+        log = secured.plane.log_path.read_text()
+        return sum('"xds.nack"' in line and "refused by the forger" in line for line in log.splitlines()) == 2
+
     with gateway_channel(secured.plane) as channel:
-        seen = _forge_nacks(channel, "Error adding/updating listener(s) ns/echo plain.example.com secure.example.com: refused by the forger")
+        seen = _forge_nacks(channel, "Error adding/updating listener(s) ns/echo plain.example.com secure.example.com: refused by the forger", handled)
     assert sorted(seen) == sorted([CLUSTER, LISTENER])
-    wait_until(lambda: "refused by the forger" in secured.plane.log_path.read_text(), what="kxds to see the forged NACK")
     time.sleep(1.0)
     for name in ("plain", "secure"):
         assert secured.plane.ingresses()[f"ns/{name}"]["ready"], secured.plane.ingresses()[f"ns/{name}"]
