@@ -21,7 +21,8 @@ import structlog
 from kxds.admin import AdminServer, AdminState
 from kxds.bootstrap import split_address
 from kxds import __version__
-from kxds.controller import Controller, IngressStatus
+from kxds.controller import Controller
+from kxds.readiness import IngressStatus
 from kxds.metrics import Metrics
 from kxds.model.objects import Filters, ObjectKey
 from kxds.pki import GATEWAY_IDENTITY

@@ -18,7 +18,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from kxds.translate.encoded import encode
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds.snapshot import Resource, Snapshot
-from kxds.xds.type_urls import CLUSTER, ENDPOINT
+from kxds.resources import CLUSTER, ENDPOINT
 
 
 def inline_endpoints(config: GatewayConfig) -> GatewayConfig:

@@ -1,7 +1,9 @@
-"""The pipeline's middle: object changes in, snapshots out, and each Ingress's readiness.
+"""The pipeline's middle: a store of the current objects and the scheduler of rebuilds.
 
-Sources call `apply()`; bursts are coalesced into one rebuild that runs the pure translator in a
-worker thread (the gRPC streams keep running) and publishes the snapshot to the fleet.
+Sources call `apply()`; each change goes to the incremental engine (engine/incremental.py), which
+decides what it invalidates. A rebuild is an engine step on the event loop when the engine can
+keep the world, else a full translation in a worker thread (the gRPC streams keep running); the
+result is published to the fleet and each Ingress's readiness follows (readiness.py).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import contextlib
 import gc
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
-from kxds import baseline, faults
+from kxds import baseline
+from kxds.engine.assemble import build_snapshot
+from kxds.engine.incremental import Engine, Entry
+from kxds.faults import Faults
 from kxds.metrics import Metrics
 from kxds.model.config import KourierConfig, NetworkConfig, TrustBundle
 from kxds.model.ingress import Ingress, RejectedIngress
@@ -24,52 +29,21 @@ from kxds.model.secret import Secret
 from kxds.model.service import EndpointSlice, Service
 from kxds.model.world import World
 from kxds.quarantine import ENVOY_REJECTED, VERIFYING, VERIFYING_MESSAGE, Quarantine, implicated
+from kxds.readiness import NO_GATEWAY, UNINITIALIZED, IngressStatus, Moved, Readiness, rejected_outcome
+from kxds.resources import CLUSTER
 from kxds.settings import GatewaySettings
-from kxds.translate.encoded import Encoded
-from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, Outcome, TranslationCache, retranslate_ingress, translate, update_endpoints
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
+from kxds.translate.gateway import GatewayConfig, Outcome, TranslationCache, translate
 from kxds.xds.fleet import Fleet
+from kxds.xds.snapshot import Snapshot
 from kxds.xds.stream import Nacked
-from kxds.xds.snapshot import Snapshot, build_snapshot
+
+__all__ = ["NO_GATEWAY", "UNINITIALIZED", "Controller", "IngressStatus", "build_world"]
 
 log = structlog.get_logger("kxds.controller")
 
-NO_GATEWAY = "NoGatewayConnected"
-UNINITIALIZED = "Uninitialized"
 # Suspects held back while a snapshot tests the others are let in after this long without a verdict
 # (a gateway that neither ACKs nor NACKs must not keep them out).
 VERDICT_TIMEOUT_SECONDS = 10.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IngressStatus:
-    namespace: str
-    name: str
-    ready: bool
-    reason: str
-    message: str
-    hash: str
-    hosts: tuple[str, ...]
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "namespace": self.namespace,
-            "name": self.name,
-            "ready": self.ready,
-            "reason": self.reason,
-            "message": self.message,
-            "hash": self.hash,
-            "hosts": list(self.hosts),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class _Served:
-    """An Ingress as of the snapshot that first carried its current translation."""
-
-    hash: str
-    outcome: Outcome
-    since_serial: int
 
 
 def build_world(objects: Iterable[Parsed]) -> World:
@@ -112,26 +86,19 @@ class Controller:
         self._fleet = fleet
         self._kourier_algorithm = kourier_algorithm  # the benchmark's baseline: no caches, no EDS, everything re-sent
         # Test-only faults that provoke real NACKs (faults.py).
-        self._faults = (corrupt_cluster, corrupt_host)
+        faults = Faults(corrupt_cluster, corrupt_host)
+        self._engine = Engine(gateway, transform=faults if faults else None)
         self._quarantine = Quarantine()
+        self._readiness = Readiness(fleet)
         self._gateway = gateway
         self._metrics = metrics
         self._debounce = debounce_seconds
         self._objects: dict[ObjectKey, Parsed] = {}
-        self._served: dict[str, _Served] = {}
         self._serial = fleet.snapshot.serial
         self._dirty = asyncio.Event()
         self.primed = False
         self._rebuilt = asyncio.Event()
-        # Rebuilds run one at a time (the run loop, or priming before it), so one cache is safe.
-        self._cache = TranslationCache()
-        # What changed since the last rebuild: only EndpointSlices and edited Ingresses → the fast
-        # paths (new load assignments; an Ingress's own route configurations), else a full rebuild.
-        self._full_rebuild = True
-        self._endpoints_changed: set[str] = set()
-        self._ingresses_changed: dict[str, Ingress] = {}
-        self._world: World | None = None  # the last full rebuild's input
-        self._slices: dict[str, dict[ObjectKey, EndpointSlice]] = {}  # "ns/service" → its slices
+        self._slices: dict[str, dict[ObjectKey, EndpointSlice]] = {}  # "ns/service" → its slices (gateway pods)
         # Convergence: when the oldest change not yet in a snapshot arrived, and, per published
         # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
         self._changed_at: float | None = None
@@ -166,75 +133,95 @@ class Controller:
             if removed is not None:
                 changed.append((key, removed, None))
         for key, old, new in changed:
-            if isinstance(old, Ingress) and isinstance(new, Ingress):
-                self._ingresses_changed[new.key] = new
-                continue
-            if key.kind != "EndpointSlice":
-                self._full_rebuild = True
-                continue
-            for piece in (old, new):
-                if isinstance(piece, EndpointSlice):
-                    self._endpoints_changed.add(piece.service_key)
+            self._engine.note(f"{key.namespace}/{key.name}", key.kind, old, new)
             if isinstance(old, EndpointSlice):
                 self._slices.get(old.service_key, {}).pop(key, None)
             if isinstance(new, EndpointSlice):
                 self._slices.setdefault(new.service_key, {})[key] = new
-        self._quarantine.release(key for key, _, _ in changed)
+        if self._quarantine.holding:
+            self._quarantine.release(key for key, _, _ in changed)
+            self._engine.invalidate()  # what is held out may have changed
         if changed:
             if self._changed_at is None:
                 self._changed_at = time.monotonic()
             self._dirty.set()
 
     async def rebuild(self) -> Snapshot:
-        """Translate the current objects and publish the result to every gateway."""
+        """Bring the served snapshot up to date with the objects and publish it to every gateway."""
         self._dirty.clear()
-        if self.primed and not self._full_rebuild and not self._kourier_algorithm:
-            patched = self._rebuild_ingresses() if self._ingresses_changed else None
-            if patched is None and self._ingresses_changed:
-                self._full_rebuild = True  # the change reaches beyond the Ingress's own routes
-            elif patched is None or self._endpoints_changed:
-                return self._rebuild_endpoints()
-            else:
-                return patched
-        if self._kourier_algorithm:
-            self._cache = TranslationCache()
-        self._full_rebuild, self._endpoints_changed, self._ingresses_changed = False, set(), {}
+        if self.primed and not self._kourier_algorithm and not self._quarantine.holding:
+            started = time.perf_counter()
+            step = self._engine.step(self._serial + 1, self._fleet.snapshot)
+            if step is not None:
+                self._serial += 1
+                self._publish(step.snapshot)
+                self._track_moved(step.moved, step.snapshot.serial)
+                elapsed = time.perf_counter() - started
+                self._metrics.build_seconds.observe(elapsed)
+                log.info("snapshot.step", serial=step.snapshot.serial, ingresses=len(step.moved), route_configurations=step.routes,
+                         clusters=step.clusters, assignments=step.assignments, seconds=round(elapsed, 4))
+                self._signal_rebuilt()
+                return step.snapshot
+        return await self._rebuild_all()
+
+    async def _rebuild_all(self) -> Snapshot:
         started = time.perf_counter()
-        world = build_world(self._objects.values())
+        world = self._engine.world()
         kept, held, deferred = self._quarantine.split(world.ingresses)
         if held or deferred:
             world = replace(world, ingresses=kept)
-        self._world = world
-        rejected = [o for o in self._objects.values() if isinstance(o, RejectedIngress)]
         self._serial += 1
-        config, snapshot = await asyncio.to_thread(
-            _translate, world, self._gateway, self._serial, self._cache, self._fleet.snapshot, self._faults, self._kourier_algorithm,
-            not self.primed,
-        )
+        config, snapshot = await asyncio.to_thread(self._translate, world, self._serial, not (held or deferred))
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
-        outcomes = dict(config.outcomes)
+        outcomes: list[tuple[Ingress | RejectedIngress, Outcome]] = [(i, config.outcomes[i.key]) for i in world.ingresses]
         for ingress, rejection in held:
             message = f"a gateway rejected this Ingress's configuration: {rejection.message}"
-            outcomes[ingress.key] = Outcome(programmed=False, reason=ENVOY_REJECTED, message=message)
-        for ingress in deferred:
-            outcomes[ingress.key] = Outcome(programmed=False, reason=VERIFYING, message=VERIFYING_MESSAGE)
-        self._track((*world.ingresses, *(ingress for ingress, _ in held), *deferred), rejected, outcomes, snapshot.serial)
+            outcomes.append((ingress, Outcome(programmed=False, reason=ENVOY_REJECTED, message=message)))
+        outcomes.extend((ingress, Outcome(programmed=False, reason=VERIFYING, message=VERIFYING_MESSAGE)) for ingress in deferred)
+        outcomes.extend((bad, rejected_outcome(bad)) for bad in self._objects.values() if isinstance(bad, RejectedIngress))
+        self._log_moved(self._readiness.track(outcomes, snapshot.serial, complete=True))
         self._publish(snapshot)
         if self._quarantine.verdict_pending():
             self._await_verdict(snapshot.serial)
         for problem in config.problems:
             log.warning("config.invalid", problem=problem)
-        log.info(
-            "snapshot.built",
-            serial=snapshot.serial,
-            ingresses=len(world.ingresses),
-            clusters=len(config.encoded.get(CLUSTER, ())),
-            seconds=round(elapsed, 4),
-        )
+        log.info("snapshot.built", serial=snapshot.serial, ingresses=len(world.ingresses), clusters=len(config.encoded.get(CLUSTER, ())),
+                 seconds=round(elapsed, 4))
         self.primed = True
         self._signal_rebuilt()
         return snapshot
+
+    def _translate(self, world: World, serial: int, incremental: bool) -> tuple[GatewayConfig, Snapshot]:
+        """The full translation (in a worker thread): the engine's, or Kourier's algorithm."""
+        with _gc_paused(freeze=not self.primed):
+            if self._kourier_algorithm:
+                config = baseline.inline_endpoints(translate(world, self._gateway, TranslationCache()))
+                return config, baseline.fresh_versions(build_snapshot(config, serial))
+            return self._engine.full(world, serial, self._fleet.snapshot, incremental=incremental)
+
+    def _track_moved(self, moved: Mapping[str, Entry | None], serial: int) -> None:
+        """A step's Ingresses into readiness: gone ones forgotten, unparsable ones failed."""
+        current: list[tuple[Ingress | RejectedIngress, Outcome]] = []
+        for key, entry in moved.items():
+            if entry is not None:
+                current.append((entry.ingress, entry.outcome))
+                continue
+            namespace, name = key.split("/", 1)
+            bad = self._objects.get(ObjectKey("Ingress", namespace, name))
+            if isinstance(bad, RejectedIngress):
+                current.append((bad, rejected_outcome(bad)))
+            else:
+                self._readiness.forget([key])
+        self._log_moved(self._readiness.track(current, serial, complete=False))
+
+    @staticmethod
+    def _log_moved(moved: Iterable[Moved]) -> None:
+        for m in moved:
+            if m.rejected:
+                log.error("ingress.rejected", ingress=m.key, error=m.outcome.message)
+            elif m.outcome.reason:
+                log.warning("ingress.not_ready", ingress=m.key, reason=m.outcome.reason, message=m.outcome.message)
 
     def _signal_rebuilt(self) -> None:
         self._rebuilt.set()
@@ -255,48 +242,6 @@ class Controller:
         for serial in [s for s in self._converging if self._fleet.synced(s)]:
             self._metrics.convergence_seconds.observe(now - self._converging.pop(serial))
 
-    def _rebuild_ingresses(self) -> Snapshot | None:
-        """Only Ingresses were edited, each keeping its hosts and backends (scoped layout): new route
-        configurations for those, swapped into the previous snapshot. None: a full rebuild is needed."""
-        if self._world is None or self._quarantine.holding:
-            return None
-        started = time.perf_counter()
-        tables: dict[str, Encoded] = {}
-        for ingress in self._ingresses_changed.values():
-            patched = retranslate_ingress(self._world, self._gateway, self._cache, ingress)
-            if patched is None:
-                return None
-            tables.update((e.name, e) for e in patched)
-        self._serial += 1
-        for ingress in self._ingresses_changed.values():
-            before = self._served.get(ingress.key)
-            if before is None or before.hash != ingress.hash:
-                self._served[ingress.key] = _Served(ingress.hash, Outcome(programmed=True), self._serial)
-        self._ingresses_changed = {}
-        return self._publish_patch(ROUTE, tables, started, "snapshot.routes", route_configurations=len(tables))
-
-    def _rebuild_endpoints(self) -> Snapshot:
-        """Only EndpointSlices changed: new load assignments for those Services, nothing else.
-
-        Cheap enough (no world walk, no translation) to run on the event loop directly.
-        """
-        started = time.perf_counter()
-        services, self._endpoints_changed = self._endpoints_changed, set()
-        slices = {s: tuple(sorted(self._slices.get(s, {}).values(), key=lambda e: e.name)) for s in services}
-        changed = update_endpoints(self._cache, slices)
-        self._serial += 1
-        return self._publish_patch(ENDPOINT, {e.name: e for e in changed}, started, "snapshot.endpoints", assignments=len(changed))
-
-    def _publish_patch(self, type_url: str, changed: Mapping[str, Encoded], started: float, event: str, **counts: int) -> Snapshot:
-        """A fast path's result: the previous snapshot with these resources replaced, as `self._serial`."""
-        snapshot = self._fleet.snapshot.with_resources(self._serial, type_url, changed)
-        self._publish(snapshot)
-        elapsed = time.perf_counter() - started
-        self._metrics.build_seconds.observe(elapsed)
-        log.info(event, serial=snapshot.serial, **counts, seconds=round(elapsed, 4))
-        self._signal_rebuilt()
-        return snapshot
-
     async def wait_rebuilt(self) -> None:
         await self._rebuilt.wait()
 
@@ -311,6 +256,7 @@ class Controller:
                 await self.rebuild()
             except Exception:
                 # Keep serving the last good snapshot; the next change triggers another attempt.
+                self._engine.invalidate()
                 log.exception("snapshot.failed", serial=self._serial)
 
     def on_nack(self, nack: Nacked, applied_serial: int) -> None:
@@ -321,9 +267,8 @@ class Controller:
         if nack.serial <= self._rejected_serial:
             return  # another gateway, or another type, rejecting what the search already used
         self._rejected_serial = nack.serial
-        ingresses = {o.key: o for o in self._objects.values() if isinstance(o, Ingress)}
-        changed = [ingresses[key] for key, served in self._served.items()
-                   if key in ingresses and served.outcome.programmed and applied_serial < served.since_serial <= nack.serial]
+        changed_keys = self._readiness.changed_between(applied_serial, nack.serial)
+        changed = [o for o in self._objects.values() if isinstance(o, Ingress) and o.key in changed_keys]
         suspects = implicated(changed, nack.type_url, nack.resource_names)
         culprits = self._quarantine.on_rejected(suspects, nack.message, nack.resource_names)
         for ingress in culprits:
@@ -333,7 +278,7 @@ class Controller:
                       hint="no Ingress changed since the gateway's last applied configuration")
         elif not culprits:
             log.warning("xds.culprit_search", serial=nack.serial, suspects=len(suspects))
-        self._full_rebuild = True
+        self._engine.invalidate()
         self._dirty.set()
 
     def _await_verdict(self, serial: int) -> None:
@@ -346,7 +291,7 @@ class Controller:
         self._trial_serial = 0
         if self._quarantine.accepted():
             log.warning("xds.culprit_search_timeout", serial=serial)
-            self._full_rebuild = True
+            self._engine.invalidate()
             self._dirty.set()
 
     def _check_verdict(self) -> None:
@@ -355,33 +300,12 @@ class Controller:
         if self._trial_serial and self._quarantine.verdict_pending() and (not self._fleet.gateways or self._fleet.synced(self._trial_serial)):
             self._trial_serial = 0
             if self._quarantine.accepted():
-                self._full_rebuild = True
+                self._engine.invalidate()
                 self._dirty.set()
-
-    def _track(self, ingresses: Iterable[Ingress], rejected: Iterable[RejectedIngress], outcomes: Mapping[str, Outcome], serial: int) -> None:
-        served: dict[str, _Served] = {}
-        for ingress in ingresses:
-            outcome = outcomes[ingress.key]
-            before = self._served.get(ingress.key)
-            if before is not None and before.hash == ingress.hash and before.outcome == outcome:
-                served[ingress.key] = before
-            else:
-                served[ingress.key] = _Served(ingress.hash, outcome, serial)
-                if outcome.reason:
-                    log.warning("ingress.not_ready", ingress=ingress.key, reason=outcome.reason, message=outcome.message)
-        for bad in rejected:
-            before = self._served.get(bad.key)
-            if before is None or before.hash != bad.hash:
-                log.error("ingress.rejected", ingress=bad.key, error=str(bad.error))
-            served[bad.key] = _Served(bad.hash, Outcome(programmed=False, reason=RECONCILE_FAILED, message=str(bad.error)), serial)
-        self._served = served
 
     def acked_gateway_ips(self, key: str) -> set[str]:
         """Addresses of this replica's gateways that applied the Ingress's current translation."""
-        served = self._served.get(key)
-        if served is None:
-            return set()
-        return {g.peer_ip for g in self._fleet.gateways.values() if g.stream.synced_serial >= served.since_serial}
+        return self._readiness.acked_gateway_ips(key)
 
     def gateway_pods(self, namespace: str, service: str) -> list[str]:
         """Ready addresses of a Service's EndpointSlices: the gateway pods to probe."""
@@ -389,29 +313,11 @@ class Controller:
 
     def statuses(self) -> list[IngressStatus]:
         """Readiness of every Ingress of our class, as /ingresses reports it."""
-        out = []
-        for obj in self._objects.values():
-            if not isinstance(obj, (Ingress, RejectedIngress)):
-                continue
-            served = self._served.get(obj.key)
-            hosts = tuple(sorted(obj.hosts)) if isinstance(obj, Ingress) else ()
-            ready, reason, message = self._readiness(served, obj.hash)
-            out.append(IngressStatus(namespace=obj.namespace, name=obj.name, ready=ready, reason=reason, message=message, hash=obj.hash, hosts=hosts))
+        out = [self._readiness.status(obj) for obj in self._objects.values() if isinstance(obj, (Ingress, RejectedIngress))]
         out.sort(key=lambda s: (s.namespace, s.name))
         self._metrics.ingresses.labels("true").set(sum(s.ready for s in out))
         self._metrics.ingresses.labels("false").set(sum(not s.ready for s in out))
         return out
-
-    def _readiness(self, served: _Served | None, current_hash: str) -> tuple[bool, str, str]:
-        if served is None or served.hash != current_hash:
-            return False, UNINITIALIZED, "Waiting for the configuration to be built"
-        if not served.outcome.programmed or served.outcome.reason:
-            return False, served.outcome.reason, served.outcome.message
-        if not self._fleet.gateways:
-            return False, NO_GATEWAY, "No Envoy gateway is connected to kxds"
-        if not self._fleet.synced(served.since_serial):
-            return False, UNINITIALIZED, "Waiting for load balancer to be ready"
-        return True, "", ""
 
 
 @contextlib.contextmanager
@@ -432,18 +338,3 @@ def _gc_paused(*, freeze: bool) -> Iterator[None]:
             gc.freeze()
         if enabled:
             gc.enable()
-
-
-def _translate(world: World, gateway: GatewaySettings, serial: int, cache: TranslationCache, previous: Snapshot,
-               test_faults: tuple[str, str], kourier_algorithm: bool = False, priming: bool = False) -> tuple[GatewayConfig, Snapshot]:
-    with _gc_paused(freeze=priming):
-        config = translate(world, gateway, cache)
-        corrupt_cluster, corrupt_host = test_faults
-        if corrupt_cluster:
-            config = faults.corrupt_cluster(config, corrupt_cluster)
-        if corrupt_host:
-            config = faults.corrupt_hosts(config, corrupt_host)
-        if kourier_algorithm:
-            config = baseline.inline_endpoints(config)
-            return config, baseline.fresh_versions(build_snapshot(config, serial))
-        return config, build_snapshot(config, serial, previous)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kxds.model.ingress import Ingress
 from kxds.model.objects import ObjectKey
-from kxds.xds import type_urls
+from kxds import resources as type_urls
 
 ENVOY_REJECTED = "EnvoyRejected"
 VERIFYING = "Uninitialized"

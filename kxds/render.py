@@ -14,7 +14,7 @@ from kxds.model.objects import Filters, ObjectKey, Parsed
 from kxds.settings import GatewaySettings
 from kxds.sources.files import FileSource
 from kxds.translate.gateway import translate
-from kxds.xds.type_urls import SCOPED_ROUTE
+from kxds.resources import SCOPED_ROUTE
 
 
 def render(source: Path, gateway: GatewaySettings, ingress_class: str, system_namespace: str) -> dict[str, Any]:

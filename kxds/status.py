@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from kxds.controller import NO_GATEWAY, UNINITIALIZED, IngressStatus
+from kxds.readiness import NO_GATEWAY, UNINITIALIZED, IngressStatus
 from kxds.quarantine import ENVOY_REJECTED
 from kxds.translate.gateway import BACKEND_NOT_FOUND, DOMAIN_CONFLICT, RECONCILE_FAILED
 

@@ -8,26 +8,17 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import message, wrappers_pb2
+
+from kxds.resources import Encoded, content_version
 
 _ROUTE_CONFIGURATION = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name
 # Name first, then the vhosts, then the rest: field-number order.
 _NAME, _VHOSTS = _ROUTE_CONFIGURATION["name"].number, _ROUTE_CONFIGURATION["virtual_hosts"].number
 assert _NAME < _VHOSTS < min(_ROUTE_CONFIGURATION[f].number for f in ("validate_clusters", "request_headers_to_remove"))
-
-
-def content_version(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    name: str
-    data: bytes = field(repr=False)
-    version: str
 
 
 def serialized(msg: message.Message) -> bytes:

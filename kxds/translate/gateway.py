@@ -19,8 +19,9 @@ from kxds.model.world import World
 from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import clusters, extensions, listeners, names, routes, scopes, tls
 from kxds.translate.https import HttpsPlan
-from kxds.translate.encoded import Encoded, RouteTable, encode
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
+from kxds.resources import Encoded
+from kxds.translate.encoded import RouteTable, encode
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 # Ingress outcome reasons (Kourier's where Kourier has one).
 DOMAIN_CONFLICT = "DomainConflict"
@@ -79,7 +80,7 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class _Backend:
+class Backend:
     service: Service
     port: ServicePort
     http2: bool
@@ -87,11 +88,11 @@ class _Backend:
 
 
 @dataclass(frozen=True, slots=True)
-class _IngressResult:
+class IngressResult:
     """One Ingress translated: cached for as long as its inputs stay equal."""
 
     outcome: Outcome
-    backends: Mapping[str, _Backend]
+    backends: Mapping[str, Backend]
     external: tuple[Encoded, ...] = ()
     internal: tuple[Encoded, ...] = ()
     clusters: frozenset[str] = frozenset()
@@ -105,7 +106,7 @@ class TranslationCache:
     what depends on it. Entries not used by the latest translation are dropped."""
 
     def __init__(self) -> None:
-        self.ingresses: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
+        self.ingresses: dict[str, tuple[tuple[object, ...], IngressResult]] = {}
         # Keyed by cluster name; each entry keeps the inputs it was built from.
         self.clusters: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         self.assignments: dict[str, tuple[tuple[object, ...], Encoded]] = {}
@@ -118,9 +119,8 @@ def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 
 def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | None = None) -> GatewayConfig:
-    plan = _Plan(world, gateway, cache or TranslationCache())
-    # The older Ingress wins a host, then the smaller name: a restart can never flip ownership.
-    for ingress in sorted(world.ingresses, key=lambda i: (i.creation_timestamp, i.namespace, i.name)):
+    plan = Plan(world, gateway, cache or TranslationCache())
+    for ingress in sorted(world.ingresses, key=precedence):
         try:
             plan.outcomes[ingress.key] = plan.add(ingress)
         except Exception as exc:  # a translator bug hit by one Ingress must not take the others down
@@ -137,50 +137,7 @@ def _status_table(ext_authz: bool) -> tuple[Encoded, scopes.Scope]:
     return table.encode(), scope
 
 
-def update_endpoints(cache: TranslationCache, slices: Mapping[str, tuple[EndpointSlice, ...]]) -> list[Encoded]:
-    """New load assignments for Services whose EndpointSlices changed, from the last translation's
-    cache: the endpoint fast path, which touches nothing else. Returns the re-encoded ones."""
-    changed = []
-    for name, service_slices in slices.items():
-        known = cache.assignments.get(name)
-        if known is None:
-            continue  # no cluster uses this Service
-        service, port = known[0][0], known[0][1]
-        inputs: tuple[object, ...] = (service, port, *service_slices)
-        if _same(known[0], inputs):
-            continue
-        assert isinstance(service, Service) and isinstance(port, ServicePort)
-        encoded = encode(name, clusters.load_assignment(service, port, service_slices))
-        cache.assignments[name] = (inputs, encoded)
-        changed.append(encoded)
-    return changed
-
-
-def retranslate_ingress(world: World, gateway: GatewaySettings, cache: TranslationCache, ingress: Ingress) -> tuple[Encoded, ...] | None:
-    """The scoped layout's fast path for a changed Ingress that keeps its hosts, backends and
-    clusters and has no certificates: its own route configurations, translated again, are all that
-    can change. `world` is the last full translation's (only Ingresses changed since). Returns
-    None when anything else may depend on the change: the caller then translates the world."""
-    known = cache.ingresses.get(ingress.key)
-    if gateway.route_layout != SCOPED_LAYOUT or known is None:
-        return None
-    before, old = known[0][0], known[1]
-    if not isinstance(before, Ingress) or not old.outcome.programmed or old.outcome.reason:
-        return None  # it was not served cleanly: its change may free or take hosts, or fix it
-    if before.hosts != ingress.hosts or before.creation_timestamp != ingress.creation_timestamp or before.tls or ingress.tls:
-        return None  # host ownership or HTTPS listeners may move
-    plan = _Plan(world, gateway, cache)
-    if plan.https.serves_every_ingress:
-        return None
-    result = plan._translated(ingress)
-    same_shape = [t.name for t in result.tables] == [t.name for t in old.tables] and [s for s, _ in result.scopes] == [s for s, _ in old.scopes]
-    if not result.outcome.programmed or result.backends != old.backends or result.clusters != old.clusters or not same_shape:
-        return None  # its clusters or scopes change
-    cache.ingresses[ingress.key] = plan.ingress_cache[ingress.key]
-    return result.tables
-
-
-class _Plan:
+class Plan:
     """The configuration being assembled, one Ingress at a time."""
 
     def __init__(self, world: World, gateway: GatewaySettings, cache: TranslationCache) -> None:
@@ -190,29 +147,26 @@ class _Plan:
         self.ext_authz = self.kourier.ext_authz is not None
         self.scoped = gateway.route_layout == SCOPED_LAYOUT
         self.outcomes: dict[str, Outcome] = {}
-        self.backends: dict[str, _Backend] = {}
+        self.backends: dict[str, Backend] = {}
         self.external: list[Encoded] = []
         self.internal: list[Encoded] = [] if self.scoped else [routes.status_vhost(self.ext_authz).encoded]
-        self.scoped_results: list[_IngressResult] = []
+        self.scoped_results: list[IngressResult] = []
         self.referenced: set[str] = set()
         self.claimed: dict[str, str] = {}
         self.https = HttpsPlan(world.secrets, self.kourier, gateway)
-        self.upstream_ca = _upstream_ca(world, gateway)
-        self.ingress_cache: dict[str, tuple[tuple[object, ...], _IngressResult]] = {}
+        self.upstream_ca = upstream_ca(world, gateway)
+        self.ingress_cache: dict[str, tuple[tuple[object, ...], IngressResult]] = {}
 
     def add(self, ingress: Ingress) -> Outcome:
-        hosts = {h for rule in ingress.rules for h in (rule.hosts or ("*",))}
+        hosts = claimed_hosts(ingress)
         if any(self.claimed.get(h, ingress.key) != ingress.key for h in hosts):
             return Outcome(programmed=False, reason=DOMAIN_CONFLICT, message=DOMAIN_CONFLICT_MESSAGE)
         self.claimed.update(dict.fromkeys(hosts, ingress.key))
-        result = self._translated(ingress)
+        result = self.translated(ingress)
         if not result.outcome.programmed:
             return result.outcome
         for name, backend in result.backends.items():
-            existing = self.backends.get(name)
-            self.backends[name] = backend if existing is None else _Backend(
-                existing.service, existing.port, existing.http2 and backend.http2, existing.upstream_tls and backend.upstream_tls
-            )
+            self.backends[name] = merged(self.backends.get(name), backend)
         if self.scoped:
             self.scoped_results.append(result)
         else:
@@ -223,7 +177,7 @@ class _Plan:
         problem = self.https.add(ingress, self.gateway.http_option_disabled)
         return Outcome(programmed=True, reason=RECONCILE_FAILED if problem else "", message=problem)
 
-    def _translated(self, ingress: Ingress) -> _IngressResult:
+    def translated(self, ingress: Ingress) -> IngressResult:
         """The Ingress's own translation, from the cache when nothing it depends on changed."""
         upstream = self.upstream_ca is not None and not self.upstream_ca[1]
         inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled, self.ext_authz,
@@ -236,21 +190,21 @@ class _Plan:
         self.ingress_cache[ingress.key] = (inputs, result)
         return result
 
-    def _translate_ingress(self, ingress: Ingress) -> _IngressResult:
+    def _translate_ingress(self, ingress: Ingress) -> IngressResult:
         found = _backends_of(ingress, self.world.services, internal_tls=self.upstream_ca is not None)
         if isinstance(found, str):
-            return _IngressResult(Outcome(programmed=False, reason=BACKEND_NOT_FOUND, message=found), {})
+            return IngressResult(Outcome(programmed=False, reason=BACKEND_NOT_FOUND, message=found), {})
         if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
             message = f"system-internal-tls is enabled but {self.upstream_ca[1]}"
-            return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
+            return IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
         if self.scoped and (wildcard := next((h for h in sorted(ingress.hosts) if scopes.unscopable(h)), None)) is not None:
             message = f"spec.rules[].hosts: {wildcard!r} cannot be routed with --route-layout=scoped (exact hosts only)"
-            return _IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
+            return IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
         vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled, ext_authz=self.ext_authz)
         external = tuple(v.encoded for v in vhosts.external)
         internal = tuple(v.encoded for v in vhosts.internal)
         if not self.scoped:
-            return _IngressResult(Outcome(programmed=True), found, external=external, internal=internal, clusters=vhosts.clusters)
+            return IngressResult(Outcome(programmed=True), found, external=external, internal=internal, clusters=vhosts.clusters)
         tables: list[Encoded] = []
         scoped: list[scopes.Scope] = []
         for table_name, encoded, group in ((names.EXTERNAL_ROUTES, external, vhosts.external), (names.INTERNAL_ROUTES, internal, vhosts.internal)):
@@ -260,7 +214,7 @@ class _Plan:
             tables.append(scopes.table(table_name, ingress.key, encoded).encode())
             hosts = (h for v in group for h in v.hosts)
             scoped.extend(scopes.scopes(table_name, ingress.key, hosts))
-        return _IngressResult(Outcome(programmed=True), found, clusters=vhosts.clusters, tables=tuple(tables), scopes=tuple(scoped))
+        return IngressResult(Outcome(programmed=True), found, clusters=vhosts.clusters, tables=tuple(tables), scopes=tuple(scoped))
 
     def build(self) -> GatewayConfig:
         world, https, cache = self.world, self.https, self.cache
@@ -273,22 +227,10 @@ class _Plan:
         built_clusters: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         built_assignments: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         for name, b in wanted:
-            ca_name = tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
-            inputs: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
-            cached = cache.clusters.get(name)
-            if cached is None or not _same(cached[0], inputs):
-                context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
-                cached = (inputs, encode(name, clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)))
-            built_clusters[name] = cached
-            eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
-            needs[name] = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
-            if b.service.type != "ExternalName":
-                slices = world.endpoint_slices.get(b.service.key, ())
-                assignment_inputs: tuple[object, ...] = (b.service, b.port, *slices)
-                known = cache.assignments.get(name)
-                if known is None or not _same(known[0], assignment_inputs):
-                    known = (assignment_inputs, encode(name, clusters.load_assignment(b.service, b.port, slices)))
-                built_assignments[name] = known
+            built = cluster_entry(name, b, ca, world.endpoint_slices.get(b.service.key, ()), cache)
+            built_clusters[name], needs[name] = built.cluster, built.needs
+            if built.assignment is not None:
+                built_assignments[name] = built.assignment
         encoded_tables = {}
         for table in tables:
             previous = cache.tables.get(table.name)
@@ -335,7 +277,54 @@ class _Plan:
         )
 
 
-def _upstream_ca(world: World, gateway: GatewaySettings) -> tuple[Secret | None, str] | None:
+def claimed_hosts(ingress: Ingress) -> frozenset[str]:
+    """The hosts an Ingress claims against the others (a rule without hosts claims every host)."""
+    return frozenset(h for rule in ingress.rules for h in (rule.hosts or ("*",)))
+
+
+def precedence(ingress: Ingress) -> tuple[str, str, str]:
+    """The older Ingress wins a host, then the smaller name: a restart can never flip ownership."""
+    return (ingress.creation_timestamp, ingress.namespace, ingress.name)
+
+
+def merged(existing: Backend | None, backend: Backend) -> Backend:
+    """One cluster per Service: the first Ingress (in precedence order) picks the port; HTTP/2 and
+    upstream TLS only if every Ingress using it allows them."""
+    if existing is None:
+        return backend
+    return Backend(existing.service, existing.port, existing.http2 and backend.http2, existing.upstream_tls and backend.upstream_tls)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEntry:
+    """A served cluster: its encoding, its load assignment's (none for ExternalName), with the
+    inputs each came from, and what it needs applied first."""
+
+    cluster: tuple[tuple[object, ...], Encoded]
+    assignment: tuple[tuple[object, ...], Encoded] | None
+    needs: frozenset[tuple[str, str]]
+
+
+def cluster_entry(name: str, b: Backend, ca: Secret | None, slices: tuple[EndpointSlice, ...], cache: TranslationCache) -> ClusterEntry:
+    """The cluster a Service's backend gives, reusing the cache's encodings whose inputs are equal."""
+    ca_name = tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
+    inputs: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
+    cached = cache.clusters.get(name)
+    if cached is None or not _same(cached[0], inputs):
+        context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
+        cached = (inputs, encode(name, clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)))
+    eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
+    needs = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
+    if b.service.type == "ExternalName":
+        return ClusterEntry(cached, None, needs)
+    assignment_inputs: tuple[object, ...] = (b.service, b.port, *slices)
+    known = cache.assignments.get(name)
+    if known is None or not _same(known[0], assignment_inputs):
+        known = (assignment_inputs, encode(name, clusters.load_assignment(b.service, b.port, slices)))
+    return ClusterEntry(cached, known, needs)
+
+
+def upstream_ca(world: World, gateway: GatewaySettings) -> tuple[Secret | None, str] | None:
     """With system-internal-tls: the routing CA Secret, or the problem with it. None when off."""
     if not world.network.system_internal_tls:
         return None
@@ -345,9 +334,9 @@ def _upstream_ca(world: World, gateway: GatewaySettings) -> tuple[Secret | None,
     return (None, problem) if problem else (secret, "")
 
 
-def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_tls: bool) -> dict[str, _Backend] | str:
+def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_tls: bool) -> dict[str, Backend] | str:
     """The cluster each split needs, or the first problem found."""
-    found: dict[str, _Backend] = {}
+    found: dict[str, Backend] = {}
     for i, rule in enumerate(ingress.rules):
         for j, path in enumerate(rule.paths):
             for k, split in enumerate(path.splits):
@@ -363,9 +352,9 @@ def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_
                 # One cluster per Service (Kourier's naming): the first port referenced wins.
                 backend = found.get(name)
                 if backend is None:
-                    found[name] = _Backend(service, port, service.speaks_h2c and not ingress.disable_http2, upstream_tls)
+                    found[name] = Backend(service, port, service.speaks_h2c and not ingress.disable_http2, upstream_tls)
                 elif backend.upstream_tls and not upstream_tls:
-                    found[name] = _Backend(backend.service, backend.port, backend.http2, False)
+                    found[name] = Backend(backend.service, backend.port, backend.http2, False)
     return found
 
 

@@ -23,7 +23,7 @@ from kxds.model.config import KourierConfig
 from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import extensions, names, scopes, tls
 from kxds.translate.clusters import ads_source, packed, tls_socket
-from kxds.xds.type_urls import ROUTE, SECRET
+from kxds.resources import ROUTE, SECRET
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"

@@ -19,7 +19,8 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from kxds.model.ingress import HTTPOption, Ingress, Path, Split, Visibility
 from kxds.translate import extensions, names
-from kxds.translate.encoded import Encoded, content_version, encode, length_delimited, serialized
+from kxds.resources import Encoded, content_version
+from kxds.translate.encoded import encode, length_delimited, serialized
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 

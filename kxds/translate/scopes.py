@@ -21,8 +21,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 
 from kxds.translate.clusters import packed
-from kxds.translate.encoded import Encoded, RouteTable, content_version, length_delimited
-from kxds.xds.type_urls import ROUTE
+from kxds.resources import Encoded, content_version
+from kxds.translate.encoded import RouteTable, length_delimited
+from kxds.resources import ROUTE
 
 # Set by the listener on every request (never trusted from the client), read by the scope key.
 LISTENER_HEADER = "x-kxds-listener"

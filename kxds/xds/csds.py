@@ -19,7 +19,7 @@ from envoy.type.matcher.v3 import node_pb2, string_pb2
 from kxds.xds.fleet import Gateway
 from kxds.xds.snapshot import Snapshot
 from kxds.xds.stream import TypeState
-from kxds.xds.type_urls import SECRET
+from kxds.resources import SECRET
 
 GenericXdsConfig: Any = csds_pb2.ClientConfig.GenericXdsConfig
 

@@ -71,7 +71,7 @@ class DeltaStream(SotwStream):
             # A forced answer to a known subscription re-sends everything (a modified EDS cluster
             # warms only on a fresh assignment); otherwise only what is new or changed.
             changed = sorted(desired) if state.force and state.acked is not None else self._diff(type_url, desired, held)
-            removed = [] if held is desired else sorted(n for n in held if n not in desired)
+            removed = self._removed(type_url, desired, held)
             if state.acked is None and not desired and self._requested(type_url, state):
                 continue  # all of it waits for its clusters: say nothing rather than "nothing"
             # Named resources that do not exist: said once, so the gateway need not wait for them.

@@ -14,9 +14,7 @@ from types import MappingProxyType
 
 from google.protobuf import any_pb2, message
 
-from kxds.translate.encoded import Encoded, content_version
-from kxds.translate.gateway import GatewayConfig
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Encoded, content_version
 
 
 # ADS order: a resource is sent after everything it depends on (xds-protocol.md §6.4); scopes
@@ -24,9 +22,9 @@ from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE,
 ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, SCOPED_ROUTE, ROUTE)
 # Types whose responses must hold the full set: a missing resource is a deletion (§2.4).
 FULL_STATE = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE})
-_EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
+EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
 # One shared empty set: `frozenset()` is a new 216-byte object each time (110,000 of them at 10,000 Ingresses).
-_NONE: frozenset[tuple[str, str]] = frozenset()
+NONE: frozenset[tuple[str, str]] = frozenset()
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SCOPED_ROUTE: "SRDS", SECRET: "SDS"}
 
 
@@ -39,9 +37,9 @@ class Resource:
     # (type URL, name) of what must be applied before this resource is usable: for a route
     # configuration the clusters it routes to; for a cluster its load assignment and TLS secrets;
     # for a listener the clusters its filters call.
-    needs: frozenset[tuple[str, str]] = _NONE
+    needs: frozenset[tuple[str, str]] = NONE
     # (type URL, name) of what a gateway subscribes to once it has this resource.
-    asks: frozenset[tuple[str, str]] = _NONE
+    asks: frozenset[tuple[str, str]] = NONE
 
     @property
     def body(self) -> any_pb2.Any:
@@ -49,13 +47,13 @@ class Resource:
         return any_pb2.Any(type_url=self.type_url, value=self.data)
 
     @classmethod
-    def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = _NONE) -> Resource:
+    def of(cls, name: str, msg: message.Message, needs: Iterable[tuple[str, str]] = NONE) -> Resource:
         body = any_pb2.Any()
         body.Pack(msg, deterministic=True)
         return cls(name=name, version=content_version(body.value), type_url=body.type_url, data=body.value, needs=frozenset(needs))
 
     @classmethod
-    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = _NONE, asks: Iterable[tuple[str, str]] = _NONE) -> Resource:
+    def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = NONE, asks: Iterable[tuple[str, str]] = NONE) -> Resource:
         return cls(name=encoded.name, version=encoded.version, type_url=type_url, data=encoded.data, needs=frozenset(needs), asks=frozenset(asks))
 
 
@@ -96,7 +94,7 @@ class Snapshot:
         return change[1] if change is not None and change[0] is held else None
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
-        return self.resources.get(type_url, _EMPTY)
+        return self.resources.get(type_url, EMPTY)
 
     def type_version(self, type_url: str) -> str:
         """The version of all resources of a type, computed once per snapshot."""
@@ -104,50 +102,42 @@ class Snapshot:
             self._folds[type_url] = _fold(self.of_type(type_url))
         return _text(self._folds[type_url])
 
-    def with_resources(self, serial: int, type_url: str, changed: Mapping[str, Encoded]) -> Snapshot:
-        """A new snapshot where only these resources of one type differ (existing names only)."""
-        current = self.of_type(type_url)
-        updated = dict(current)
-        folds = {t: f for t, f in self._folds.items() if t != type_url}
-        fold = self._folds.get(type_url)
-        for name, encoded in changed.items():
-            if name in current:
-                updated[name] = Resource.encoded(type_url, encoded, current[name].needs, current[name].asks)
+    def with_changes(self, serial: int, changes: Mapping[str, Mapping[str, Resource | None]]) -> Snapshot:
+        """A new snapshot where only these resources differ: type URL → name → the new resource, or
+        None for one that is gone. Costs a copy of each changed type's mapping, no comparison."""
+        resources = dict(self.resources)
+        folds = dict(self._folds)
+        recorded = dict(self._changes)
+        for type_url, changed in changes.items():
+            if not changed:
+                continue
+            current = self.of_type(type_url)
+            updated = dict(current)
+            fold = folds.get(type_url)
+            for name, resource in changed.items():
+                old = updated.pop(name, None)
+                if resource is not None:
+                    updated[name] = resource
                 if fold is not None:
-                    fold ^= _entry(name, current[name].version) ^ _entry(name, encoded.version)
-        if fold is not None:
-            folds[type_url] = fold
-        resources = MappingProxyType({**self.resources, type_url: MappingProxyType(updated)})
-        changes = {t: c for t, c in self._changes.items() if t != type_url}
-        changes[type_url] = (current, frozenset(n for n in changed if n in current))
-        return Snapshot(serial=serial, resources=resources, _folds=folds, _changes=changes)
+                    fold ^= (_entry(name, old.version) if old is not None else 0) ^ (_entry(name, resource.version) if resource is not None else 0)
+            if fold is not None:
+                folds[type_url] = fold
+            resources[type_url] = MappingProxyType(updated)
+            recorded[type_url] = (current, frozenset(changed))
+        return Snapshot(serial=serial, resources=MappingProxyType(resources), _folds=folds, _changes=recorded)
 
-
-def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None = None) -> Snapshot:
-    """Wrap the encoded resources; those unchanged since `previous` are reused as they are."""
-    dynamic = {c.name for c in config.encoded.get(CLUSTER, ())}
-    route_needs = {name: frozenset((CLUSTER, c) for c in clusters & dynamic) for name, clusters in config.route_clusters.items()}
-    listener_needs = {name: frozenset((CLUSTER, c) for c in clusters) for name, clusters in config.listener_clusters.items()}
-    needs_of = {CLUSTER: config.cluster_needs, ROUTE: route_needs, LISTENER: listener_needs}
-    by_type: dict[str, dict[str, Resource]] = {}
-    for type_url, encoded in config.encoded.items():
-        before = previous.of_type(type_url) if previous is not None else {}
-        resources = by_type[type_url] = {}
-        type_needs, type_asks = needs_of.get(type_url, {}), config.asks.get(type_url, {})
-        for e in encoded:
-            needs, asks = type_needs.get(e.name, _NONE), type_asks.get(e.name, _NONE)
-            old = before.get(e.name)
-            reuse = old is not None and old.version == e.version and old.needs == needs and old.asks == asks
-            resources[e.name] = old if reuse and old is not None else Resource.encoded(type_url, e, needs, asks)
-    # A type whose resources are all the previous ones keeps the previous mapping and its version.
-    kept: dict[str, Mapping[str, Resource]] = {}
-    folds: dict[str, int] = {}
-    for type_url, resources in by_type.items():
-        before = previous.of_type(type_url) if previous is not None else _EMPTY
-        if previous is not None and len(before) == len(resources) and all(before.get(n) is r for n, r in resources.items()):
-            kept[type_url] = before
-            if type_url in previous._folds:
-                folds[type_url] = previous._folds[type_url]
-        else:
-            kept[type_url] = MappingProxyType(resources)
-    return Snapshot(serial=serial, resources=MappingProxyType(kept), _folds=folds)
+    @classmethod
+    def of(cls, serial: int, by_type: Mapping[str, dict[str, Resource]], previous: Snapshot | None = None) -> Snapshot:
+        """A snapshot of these resources. A type whose resources are all `previous`'s very objects
+        keeps `previous`'s mapping and version, so streams holding it see no change at no cost."""
+        kept: dict[str, Mapping[str, Resource]] = {}
+        folds: dict[str, int] = {}
+        for type_url, resources in by_type.items():
+            before = previous.of_type(type_url) if previous is not None else EMPTY
+            if previous is not None and len(before) == len(resources) and all(before.get(n) is r for n, r in resources.items()):
+                kept[type_url] = before
+                if type_url in previous._folds:
+                    folds[type_url] = previous._folds[type_url]
+            else:
+                kept[type_url] = MappingProxyType(resources)
+        return cls(serial=serial, resources=MappingProxyType(kept), _folds=folds)

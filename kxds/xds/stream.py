@@ -17,7 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 WILDCARD = "*"
 # Types whose resources wait for the clusters they name: routes, and listeners calling ext-authz
@@ -304,8 +304,18 @@ class SotwStream:
         if desired is self.snapshot.of_type(type_url):
             changed = self.snapshot.changed_since(type_url, held)
             if changed is not None:
-                return sorted(n for n in changed if n not in held or held[n].version != desired[n].version)
+                return sorted(n for n in changed if n in desired and (n not in held or held[n].version != desired[n].version))
         return _differing(desired, held)
+
+    def _removed(self, type_url: str, desired: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
+        """Names `held` has and `desired` lacks, in proportion to what changed when the snapshot knows it."""
+        if held is desired:
+            return []
+        if desired is self.snapshot.of_type(type_url):
+            changed = self.snapshot.changed_since(type_url, held)
+            if changed is not None:
+                return sorted(n for n in changed if n in held and n not in desired)
+        return sorted(n for n in held if n not in desired)
 
     def _asked_for(self, type_url: str, parent: _Response, child: TypeState) -> bool:
         """Has the gateway asked for every resource of the snapshot that `parent` names? Memoised

@@ -10,7 +10,7 @@ import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
-from kxds.xds.type_urls import LISTENER, ROUTE
+from kxds.resources import LISTENER, ROUTE
 
 from tests.conftest import Stack
 from tests.e2e.harness import Gateway, free_port, gateway_channel, wait_until

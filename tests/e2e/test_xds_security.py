@@ -16,7 +16,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.rpc import status_pb2
 
-from kxds.xds.type_urls import CLUSTER, LISTENER, ROUTE, SECRET
+from kxds.resources import CLUSTER, LISTENER, ROUTE, SECRET
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.certificates import CertificateAuthority, self_signed, tls_secret
 from tests.e2e.harness import LOCAL, Backends, ControlPlane, Gateway, ListenerPorts, curl, gateway_channel, rss_mib, wait_until

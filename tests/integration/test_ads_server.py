@@ -22,7 +22,7 @@ from kxds.app import Running, running
 from kxds.model.objects import Filters, ObjectKey, parse_object
 from kxds.settings import DEFAULT_INGRESS_CLASS, Settings, XdsPki
 from kxds.xds.fleet import MAX_PENDING_REQUESTS
-from kxds.xds.type_urls import CLUSTER, LISTENER
+from kxds.resources import CLUSTER, LISTENER
 from tests.builders import ingress, path, rule, service, split
 from tests.e2e.harness import gateway_leaf
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import structlog
 
-import kxds.controller as controller_module
 from kxds.controller import Controller
 from kxds.metrics import Metrics
 from kxds.model.objects import ObjectKey, parse_object, Filters
@@ -29,16 +28,16 @@ def upsert(name: str) -> dict[ObjectKey, Any]:
 async def test_a_failed_rebuild_is_logged_and_the_next_change_rebuilds(monkeypatch: pytest.MonkeyPatch) -> None:
     fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
     controller = Controller(fleet, GatewaySettings(), Metrics(), debounce_seconds=0.01)
-    real = controller_module._translate
+    real = Controller._translate
     calls = []
 
-    def flaky(*args: Any) -> Any:
+    def flaky(self: Controller, *args: Any) -> Any:
         calls.append(args)
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return real(*args)
+        return real(self, *args)
 
-    monkeypatch.setattr(controller_module, "_translate", flaky)
+    monkeypatch.setattr(Controller, "_translate", flaky)
     loop = asyncio.create_task(controller.run())
     try:
         with structlog.testing.capture_logs() as logs:
@@ -61,7 +60,7 @@ async def test_a_failed_rebuild_is_logged_and_the_next_change_rebuilds(monkeypat
 async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_rebuild() -> None:
     from tests.builders import backend, endpoint_slice, ingress, path, rule, split
     from kxds.xds.snapshot import set_version
-    from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
+    from kxds.resources import CLUSTER, ENDPOINT, ROUTE
 
     def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
         return {p[0]: p[1] for p in (parse_object(d, FILTERS) for d in docs) if p is not None}
@@ -77,7 +76,7 @@ async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_re
     with structlog.testing.capture_logs() as logs:
         controller.apply(parsed([moved]))
         fast = await controller.rebuild()
-    assert [e["event"] for e in logs] == ["snapshot.endpoints"]
+    assert [e["event"] for e in logs] == ["snapshot.step"]
     reference = Controller(Fleet(Snapshot(serial=0, resources={}), Metrics()), GatewaySettings(), Metrics())
     reference.apply(parsed([d for d in docs if d["metadata"]["name"] != "s2-abc"] + [moved]))
     full = await reference.rebuild()
@@ -89,10 +88,10 @@ async def test_an_endpoint_only_change_takes_the_fast_path_and_matches_a_full_re
     assert fast.type_version(ENDPOINT) == set_version(fast.of_type(ENDPOINT)) == full.type_version(ENDPOINT)
 
 
-async def test_an_edited_ingress_takes_the_route_fast_path_in_the_scoped_layout_and_matches_a_full_rebuild() -> None:
+async def test_ingress_changes_are_engine_steps_in_the_scoped_layout_and_match_a_full_rebuild() -> None:
     from tests.builders import backend, ingress, path, rule, split
     from kxds.settings import SCOPED_LAYOUT
-    from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
+    from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
     def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
         return {p[0]: p[1] for p in (parse_object(d, FILTERS) for d in docs) if p is not None}
@@ -114,7 +113,7 @@ async def test_an_edited_ingress_takes_the_route_fast_path_in_the_scoped_layout_
     with structlog.testing.capture_logs() as logs:
         controller.apply(parsed(world(marker="1")))
         fast = await controller.rebuild()
-    assert [e["event"] for e in logs] == ["snapshot.routes"]
+    assert [e["event"] for e in logs] == ["snapshot.step"]
     reference = await full(world(marker="1"))
     for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE):
         assert {n: r.version for n, r in fast.of_type(type_url).items()} == {n: r.version for n, r in reference.of_type(type_url).items()}
@@ -122,14 +121,14 @@ async def test_an_edited_ingress_takes_the_route_fast_path_in_the_scoped_layout_
     changed = {n for n, r in fast.of_type(ROUTE).items() if before.of_type(ROUTE)[n].version != r.version}
     assert changed == {"external_services/ns/i2", "internal_services/ns/i2"}
     # i2 is ready once the gateways apply this snapshot; the others keep the serial they had.
-    assert {k: v.since_serial for k, v in controller._served.items()} == {**{f"ns/i{n}": before.serial for n in range(5)}, "ns/i2": fast.serial}
+    assert {k: v.since_serial for k, v in controller._readiness.served.items()} == {**{f"ns/i{n}": before.serial for n in range(5)}, "ns/i2": fast.serial}
 
-    # Anything beyond the Ingress's own routes (new hosts, other backends) takes the full rebuild.
+    # New hosts and other backends are steps too (tests/property/test_engine.py walks the rest).
     for edited in (world(marker="1", hosts=("h2.example.com", "extra.example.com")), world(marker="1", service="s5")):
         with structlog.testing.capture_logs() as logs:
             controller.apply(parsed(edited))
             rebuilt = await controller.rebuild()
-        assert [e["event"] for e in logs if e["event"].startswith("snapshot.")] == ["snapshot.built"]
+        assert [e["event"] for e in logs if e["event"].startswith("snapshot.")] == ["snapshot.step"]
         reference = await full(edited)
         for type_url in (CLUSTER, ROUTE, SCOPED_ROUTE):
             assert {n: r.version for n, r in rebuilt.of_type(type_url).items()} == {n: r.version for n, r in reference.of_type(type_url).items()}

@@ -13,8 +13,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from kxds.model.config import Endpoint, ExtAuthzConfig, KourierConfig, TracingConfig, parse_ext_authz, parse_kourier_config
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import GatewayConfig
-from kxds.xds.snapshot import build_snapshot
-from kxds.xds.type_urls import CLUSTER, LISTENER
+from kxds.engine.assemble import build_snapshot
+from kxds.resources import CLUSTER, LISTENER
 from tests.builders import backend, config_map, ingress, path, rule, split
 from tests.certificates import CertificateAuthority, tls_secret
 from tests.unit.test_translate import run, vhosts

@@ -6,7 +6,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from kxds.xds.delta import DeltaStream
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
+from kxds.resources import CLUSTER, ENDPOINT, ROUTE
 from tests.unit.test_stream import snapshot
 
 

@@ -12,8 +12,8 @@ from kxds.controller import build_world
 from kxds.model.objects import parse_object
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import GatewayConfig, TranslationCache, translate
-from kxds.xds.snapshot import build_snapshot
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, ROUTE
+from kxds.engine.assemble import build_snapshot
+from kxds.resources import CLUSTER, ENDPOINT, ROUTE
 from tests.builders import backend, endpoint_slice, ingress, path, rule, split
 from tests.unit.test_translate import FILTERS
 

@@ -93,7 +93,7 @@ def test_held_until_the_ingress_or_what_it_uses_changes() -> None:
 
 def test_only_ingresses_whose_changes_reach_the_rejected_type_are_suspects() -> None:
     from kxds.quarantine import implicated
-    from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+    from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
     changed = [A, B, C]
     assert [i.key for i in implicated(changed, CLUSTER, ["ns/svc-a"])] == ["ns/a"]  # not ns/svc-ab's Ingress

@@ -16,8 +16,9 @@ from kxds.translate import scopes
 from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, TranslationCache, translate
 from kxds.xds import stream as xs
 from kxds.xds.delta import DeltaStream
-from kxds.xds.snapshot import Snapshot, build_snapshot
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
+from kxds.engine.assemble import build_snapshot
+from kxds.xds.snapshot import Snapshot
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 from tests.builders import backend, ingress, path, rule, split
 from tests.unit.test_incremental import world
 from tests.unit.test_stream import ack, request

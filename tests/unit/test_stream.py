@@ -13,8 +13,9 @@ from kxds.translate.clusters import ads_source
 from kxds.translate.encoded import encode
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds import stream as xs
-from kxds.xds.snapshot import Snapshot, build_snapshot
-from kxds.xds.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from kxds.engine.assemble import build_snapshot
+from kxds.xds.snapshot import Snapshot
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERIAL = iter(range(1, 1000))
 
@@ -266,7 +267,7 @@ def test_readiness_advances_under_churn_faster_than_acks() -> None:
 def test_routes_wait_for_the_secrets_their_clusters_need() -> None:
     from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-    from kxds.xds.type_urls import SECRET
+    from kxds.resources import SECRET
 
     base = snapshot({"a": 1}, ["a"])
     stream = xs.SotwStream(base)
@@ -312,7 +313,7 @@ def test_a_patched_snapshot_knows_what_changed_since_the_mapping_it_patched() ->
     held = first.of_type(ENDPOINT)
     moved = endpoint_pb2.ClusterLoadAssignment(cluster_name="b")
     moved.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = 3
-    second = first.with_resources(first.serial + 1, ENDPOINT, {"b": encode("b", moved)})
+    second = first.with_changes(first.serial + 1, {ENDPOINT: {"b": xs.Resource.encoded(ENDPOINT, encode("b", moved), held["b"].needs)}})
     assert second.changed_since(ENDPOINT, held) == {"b"}
     assert second.changed_since(ENDPOINT, {**held}) is None  # another mapping: unknown, compare all
     assert second.changed_since(CLUSTER, first.of_type(CLUSTER)) is None

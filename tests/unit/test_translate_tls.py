@@ -9,7 +9,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import GatewayConfig
-from kxds.xds.type_urls import ENDPOINT, SECRET
+from kxds.resources import ENDPOINT, SECRET
 from tests.builders import backend, ingress, path, rule, split
 from tests.certificates import CertificateAuthority, tls_secret
 from tests.unit.test_translate import run, vhosts

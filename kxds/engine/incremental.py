@@ -1,0 +1,463 @@
+"""The incremental engine: the one place that decides what a change invalidates.
+
+A full translation sets the engine's indexes; after that a change to an Ingress, a Service, an
+EndpointSlice or a Secret no Ingress uses costs work in proportion to what depends on it: the
+Ingresses using what changed, the Ingresses contending for their hosts, the clusters they name.
+The result is the previous snapshot with only those resources replaced. What reaches everything —
+config-kourier, config-network and trust bundles, a Secret in use, TLS (the HTTPS route
+configurations hold every TLS vhost), Kourier's route layout (two route configurations hold every
+vhost) — asks for a full translation instead. Pure: no I/O, no logging. The property test
+(tests/property/test_engine.py) holds it to a fresh full translation after every step.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from kxds.model.config import KourierConfig, NetworkConfig, TrustBundle
+from kxds.model.ingress import Ingress
+from kxds.model.objects import Parsed
+from kxds.model.secret import Secret
+from kxds.model.service import EndpointSlice, Service
+from kxds.model.world import World
+from kxds.resources import CLUSTER, ENDPOINT, ROUTE, SCOPED_ROUTE, SECRET, Encoded
+from kxds.settings import SCOPED_LAYOUT, GatewaySettings
+from kxds.translate import names, tls
+from kxds.translate.encoded import encode
+from kxds.translate.gateway import (
+    DOMAIN_CONFLICT,
+    DOMAIN_CONFLICT_MESSAGE,
+    RECONCILE_FAILED,
+    Backend,
+    ClusterEntry,
+    GatewayConfig,
+    IngressResult,
+    Outcome,
+    Plan,
+    TranslationCache,
+    claimed_hosts,
+    cluster_entry,
+    merged,
+    precedence,
+    translate,
+)
+from kxds.xds.snapshot import NONE, Resource, Snapshot
+
+from kxds.engine.assemble import build_snapshot
+
+# Applied to every resource served, by type URL (test-only faults provoke real NACKs with it).
+Transform = Callable[[str, Encoded], Encoded]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one Ingress contributes, as of the last step: its outcome and, if it was translated
+    (it won its hosts), its translation."""
+
+    ingress: Ingress
+    outcome: Outcome
+    result: IngressResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One incremental step: the new snapshot and the Ingresses whose outcome or translation moved
+    (None: the Ingress is gone)."""
+
+    snapshot: Snapshot
+    moved: Mapping[str, Entry | None]
+    routes: int = 0
+    clusters: int = 0
+    assignments: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    ingresses: set[str] = field(default_factory=set)
+    services: set[str] = field(default_factory=set)
+    endpoints: set[str] = field(default_factory=set)  # Services whose EndpointSlices changed
+    full: bool = True
+
+
+class Engine:
+    def __init__(self, gateway: GatewaySettings, *, transform: Transform | None = None) -> None:
+        self.gateway = gateway
+        self.cache = TranslationCache()
+        self._transform = transform
+        # The current objects.
+        self._ingresses: dict[str, Ingress] = {}
+        self._services: dict[str, Service] = {}
+        self._slices: dict[str, dict[str, EndpointSlice]] = {}  # Service key → slice key → slice
+        self._secrets: dict[str, Secret] = {}
+        self._kourier, self._network = KourierConfig(), NetworkConfig()
+        self._bundles: dict[str, TrustBundle] = {}
+        self._pending = _Pending()
+        # Indexes of what is served, set by a full translation and kept by every step.
+        self.entries: dict[str, Entry] = {}
+        self._hosts: dict[str, frozenset[str]] = {}  # Ingress → hosts it claims
+        self._contenders: dict[str, set[str]] = {}  # host → Ingresses claiming it
+        self._winners: set[str] = set()  # Ingresses that own their hosts (no domain conflict)
+        self._users: dict[str, set[str]] = {}  # Service key → Ingresses naming it
+        self._cluster_users: dict[str, set[str]] = {}  # cluster → programmed Ingresses with it as a backend
+        self._cluster_routes: dict[str, set[str]] = {}  # cluster → programmed Ingresses whose routes name it
+        self._backends: dict[str, Backend] = {}  # served cluster → its merged backend
+        self._tls_secrets: set[str] = set()  # Secrets some Ingress's spec.tls names
+        self._incremental = False  # the last full translation left a world steps can keep
+
+    # The store side: every object change, as it happens.
+
+    def note(self, key: str, kind: str, old: Parsed | None, new: Parsed | None) -> None:
+        """Record one object's change; what it invalidates is decided by the next step."""
+        pending = self._pending
+        if kind == "Ingress":
+            if isinstance(new, Ingress):
+                self._ingresses[key] = new
+            else:
+                self._ingresses.pop(key, None)  # deleted, or no longer parses
+            pending.ingresses.add(key)
+        elif kind == "Service":
+            if isinstance(new, Service):
+                self._services[key] = new
+            else:
+                self._services.pop(key, None)
+            pending.services.add(key)
+        elif kind == "EndpointSlice":
+            for piece in (old, new):
+                if isinstance(piece, EndpointSlice):
+                    self._slices.get(piece.service_key, {}).pop(key, None)
+                    pending.endpoints.add(piece.service_key)
+            if isinstance(new, EndpointSlice):
+                self._slices.setdefault(new.service_key, {})[key] = new
+        elif kind == "Secret":
+            if isinstance(new, Secret):
+                self._secrets[key] = new
+            else:
+                self._secrets.pop(key, None)
+            # A Secret no Ingress names and no setting reads changes nothing served.
+            if key in self._tls_secrets or key.startswith(f"{self.gateway.system_namespace}/") or self._https_defaults():
+                pending.full = True
+        else:
+            match new if new is not None else old:
+                case KourierConfig():
+                    self._kourier = new if isinstance(new, KourierConfig) else KourierConfig()
+                case NetworkConfig():
+                    self._network = new if isinstance(new, NetworkConfig) else NetworkConfig()
+                case TrustBundle():
+                    if isinstance(new, TrustBundle):
+                        self._bundles[key] = new
+                    else:
+                        self._bundles.pop(key, None)
+            pending.full = True
+
+    def invalidate(self) -> None:
+        """The next rebuild translates everything (a quarantine verdict, a NACK)."""
+        self._pending.full = True
+
+    @property
+    def pending(self) -> bool:
+        p = self._pending
+        return p.full or bool(p.ingresses or p.services or p.endpoints)
+
+    def world(self, ingresses: Iterable[Ingress] | None = None) -> World:
+        """The current objects as the translator's input (`ingresses`: a subset, when some are held out)."""
+        return World(
+            ingresses=tuple(sorted(self._ingresses.values() if ingresses is None else ingresses, key=lambda i: i.key)),
+            services=dict(self._services),
+            endpoint_slices={k: tuple(sorted(v.values(), key=lambda s: s.name)) for k, v in self._slices.items() if v},
+            secrets=dict(self._secrets),
+            kourier=self._kourier,
+            network=self._network,
+            trust_bundles=tuple(b for _, b in sorted(self._bundles.items())),
+        )
+
+    # Full translation.
+
+    def full(self, world: World, serial: int, previous: Snapshot | None, *, incremental: bool = True) -> tuple[GatewayConfig, Snapshot]:
+        """Translate `world` from scratch (reusing cached encodings) and index what it serves.
+        `incremental=False` (a quarantine holds some Ingresses out): the next change is full too."""
+        self._pending = _Pending(full=False)
+        config = translate(world, self.gateway, self.cache)
+        if self._transform is not None:
+            transform = self._transform
+            config = replace(config, encoded={t: tuple(transform(t, e) for e in es) for t, es in config.encoded.items()})
+        snapshot = build_snapshot(config, serial, previous)
+        self._index(world, config)
+        self._incremental = incremental and self._steppable(world)
+        return config, snapshot
+
+    def _steppable(self, world: World) -> bool:
+        """Can steps keep this world? Only the scoped layout gives each Ingress its own routes, and
+        HTTPS route configurations hold every TLS vhost."""
+        return self.gateway.route_layout == SCOPED_LAYOUT and not self._https_defaults() and not any(i.tls for i in world.ingresses)
+
+    def _https_defaults(self) -> bool:
+        kourier = self._kourier
+        return bool(kourier.certs_secret_name or kourier.cluster_cert_secret or self.gateway.default_certificate)
+
+    def _index(self, world: World, config: GatewayConfig) -> None:
+        self.entries, self._hosts, self._contenders, self._winners, self._users = {}, {}, {}, set(), {}
+        self._cluster_users, self._cluster_routes, self._tls_secrets = {}, {}, set()
+        for ingress in world.ingresses:
+            outcome = config.outcomes[ingress.key]
+            cached = self.cache.ingresses.get(ingress.key)
+            won = outcome.reason != DOMAIN_CONFLICT
+            entry = Entry(ingress, outcome, cached[1] if won and cached is not None else None)
+            self.entries[ingress.key] = entry
+            self._claim(ingress.key, claimed_hosts(ingress))
+            if won:
+                self._winners.add(ingress.key)
+            self._use(ingress.key, ingress, None)
+            self._serve(ingress.key, entry, None)
+        self._backends = {}
+        served = {e.name for e in config.encoded.get(CLUSTER, ())}
+        for name in served & self._cluster_users.keys():
+            self._backends[name] = self._merged(name)
+
+    # Incremental steps.
+
+    def step(self, serial: int, previous: Snapshot) -> Step | None:
+        """Apply the pending changes to `previous`; None when only a full translation can."""
+        pending = self._pending
+        if pending.full:
+            return None
+        touched = set(pending.ingresses)
+        for service in pending.services:
+            touched |= self._users.get(service, set())
+        if touched and not self._incremental:
+            return None
+        for key in touched:
+            before, now = self.entries.get(key), self._ingresses.get(key)
+            if (before is not None and before.ingress.tls) or (now is not None and now.tls):
+                return None  # HTTPS route configurations hold every TLS vhost
+        self._pending = _Pending(full=False)
+        touched |= self._reclaim(pending.ingresses)
+        world = World(services=self._services, secrets=self._secrets, kourier=self._kourier, network=self._network)
+        plan = Plan(world, self.gateway, self.cache)
+        moved: dict[str, Entry | None] = {}
+        changes: dict[str, dict[str, Resource | None]] = {ROUTE: {}, SCOPED_ROUTE: {}, CLUSTER: {}, ENDPOINT: {}, SECRET: {}}
+        clusters: set[str] = {names.cluster_name(*s.split("/", 1)) for s in pending.services}
+        for key in sorted(touched):
+            before, entry = self.entries.get(key), self._evaluate(key, plan)
+            if entry is None:
+                self.entries.pop(key, None)
+                self.cache.ingresses.pop(key, None)
+            else:
+                self.entries[key] = entry
+            if before == entry:
+                continue
+            moved[key] = entry
+            self._use(key, entry.ingress if entry else None, before.ingress if before else None)
+            self._serve(key, entry, before)
+            for old_or_new in (before, entry):
+                if old_or_new is not None and old_or_new.result is not None:
+                    clusters |= old_or_new.result.backends.keys()
+            self._routes(before, entry, changes)
+        ca = plan.upstream_ca[0] if plan.upstream_ca is not None else None
+        had_upstream_tls = any(b.upstream_tls for b in self._backends.values())
+        for name in sorted(clusters):
+            self._cluster(name, ca, previous, changes)
+        for service in sorted(pending.endpoints):
+            self._endpoints(names.cluster_name(*service.split("/", 1)), ca, previous, changes)
+        if ca is not None and had_upstream_tls != any(b.upstream_tls for b in self._backends.values()):
+            bundles = [b.pem for _, b in sorted(self._bundles.items()) if b.namespace == self.gateway.system_namespace and b.pem]
+            message = tls.ca_secret(ca, bundles)
+            changes[SECRET][message.name] = None if had_upstream_tls else Resource.encoded(SECRET, encode(message.name, message))
+        self._drop_unchanged(changes, previous)
+        snapshot = previous.with_changes(serial, {t: c for t, c in changes.items() if c})
+        return Step(snapshot, moved, routes=len(changes[ROUTE]), clusters=len(changes[CLUSTER]), assignments=len(changes[ENDPOINT]))
+
+    def _reclaim(self, changed: set[str]) -> set[str]:
+        """Re-decide domain conflicts around these Ingresses; returns every Ingress whose claim
+        may have moved. An Ingress wins its hosts unless an earlier winner holds one of them, so a
+        change ripples only along Ingresses sharing hosts, in precedence order."""
+        reached: set[str] = set()
+        for key in changed:
+            now = self._ingresses.get(key)
+            hosts = claimed_hosts(now) if now is not None else frozenset()
+            before = self._hosts.get(key, frozenset())
+            self._unclaim(key, before - hosts)
+            self._claim(key, hosts - before)
+            reached |= before | hosts
+            if now is None:
+                self._winners.discard(key)
+        queue = [(precedence(self._ingresses[other]), other) for host in reached for other in self._contenders.get(host, ())]
+        heapq.heapify(queue)
+        flipped = set(changed)
+        done: set[str] = set()
+        while queue:
+            rank, key = heapq.heappop(queue)
+            if key in done:
+                continue
+            done.add(key)
+            hosts = self._hosts.get(key, frozenset())
+            wins = not any(other != key and other in self._winners and precedence(self._ingresses[other]) < rank
+                           for host in hosts for other in self._contenders[host])
+            if wins == (key in self._winners) and key not in changed:
+                continue
+            flipped.add(key)
+            (self._winners.add if wins else self._winners.discard)(key)
+            for host in hosts:
+                for other in self._contenders[host]:
+                    other_rank = precedence(self._ingresses[other])
+                    if other_rank > rank:
+                        heapq.heappush(queue, (other_rank, other))
+        return flipped
+
+    def _claim(self, key: str, hosts: frozenset[str]) -> None:
+        for host in hosts:
+            self._contenders.setdefault(host, set()).add(key)
+        if hosts:
+            self._hosts[key] = self._hosts.get(key, frozenset()) | hosts
+
+    def _unclaim(self, key: str, hosts: frozenset[str]) -> None:
+        for host in hosts:
+            contenders = self._contenders.get(host)
+            if contenders is not None:
+                contenders.discard(key)
+                if not contenders:
+                    del self._contenders[host]
+        left = self._hosts.get(key, frozenset()) - hosts
+        if left:
+            self._hosts[key] = left
+        else:
+            self._hosts.pop(key, None)
+
+    def _evaluate(self, key: str, plan: Plan) -> Entry | None:
+        """The Ingress's entry as a full translation would give it (same code: `Plan`)."""
+        ingress = self._ingresses.get(key)
+        if ingress is None:
+            return None
+        if key not in self._winners:
+            self.cache.ingresses.pop(key, None)
+            return Entry(ingress, Outcome(programmed=False, reason=DOMAIN_CONFLICT, message=DOMAIN_CONFLICT_MESSAGE))
+        try:
+            result = plan.translated(ingress)
+        except Exception as exc:  # a translator bug hit by one Ingress must not take the others down
+            self.cache.ingresses.pop(key, None)
+            message = f"internal error translating this Ingress: {exc!r}"
+            return Entry(ingress, Outcome(programmed=False, reason=RECONCILE_FAILED, message=message))
+        self.cache.ingresses[key] = plan.ingress_cache[key]
+        outcome = result.outcome if not result.outcome.programmed else Outcome(programmed=True)
+        return Entry(ingress, outcome, result)
+
+    def _use(self, key: str, now: Ingress | None, before: Ingress | None) -> None:
+        """Service → Ingresses and Secret → Ingresses, for what a later change reaches."""
+        for service in before.services if before is not None else ():
+            users = self._users.get(service)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[service]
+        for service in now.services if now is not None else ():
+            self._users.setdefault(service, set()).add(key)
+        for entry in now.tls if now is not None else ():
+            self._tls_secrets.add(f"{entry.secret_namespace}/{entry.secret_name}")
+
+    def _serve(self, key: str, now: Entry | None, before: Entry | None) -> None:
+        """Cluster → the programmed Ingresses using it."""
+        for entry, index in ((before, False), (now, True)):
+            if entry is None or entry.result is None or not entry.outcome.programmed:
+                continue
+            for mapping, names_ in ((self._cluster_users, entry.result.backends.keys()), (self._cluster_routes, entry.result.clusters)):
+                for name in names_:
+                    if index:
+                        mapping.setdefault(name, set()).add(key)
+                    elif name in mapping:
+                        mapping[name].discard(key)
+                        if not mapping[name]:
+                            del mapping[name]
+
+    def _merged(self, name: str) -> Backend:
+        users = sorted(self._cluster_users[name], key=lambda k: precedence(self.entries[k].ingress))
+        backend: Backend | None = None
+        for key in users:
+            result = self.entries[key].result
+            assert result is not None
+            backend = merged(backend, result.backends[name])
+        assert backend is not None
+        return backend
+
+    def _cluster(self, name: str, ca: Secret | None, previous: Snapshot, changes: dict[str, dict[str, Resource | None]]) -> None:
+        """Serve the cluster as its users now need it, or withdraw it when none names it."""
+        if name not in self._cluster_users or name not in self._cluster_routes:
+            self._backends.pop(name, None)
+            self.cache.clusters.pop(name, None)
+            self.cache.assignments.pop(name, None)
+            for type_url in (CLUSTER, ENDPOINT):
+                if name in previous.of_type(type_url):
+                    changes[type_url][name] = None
+            return
+        backend = self._backends[name] = self._merged(name)
+        self._put(name, cluster_entry(name, backend, ca, self._slices_of(backend.service.key), self.cache), previous, changes)
+
+    def _endpoints(self, name: str, ca: Secret | None, previous: Snapshot, changes: dict[str, dict[str, Resource | None]]) -> None:
+        backend = self._backends.get(name)
+        if backend is not None and name not in changes[CLUSTER]:
+            self._put(name, cluster_entry(name, backend, ca, self._slices_of(backend.service.key), self.cache), previous, changes)
+
+    def _slices_of(self, service: str) -> tuple[EndpointSlice, ...]:
+        return tuple(sorted(self._slices.get(service, {}).values(), key=lambda s: s.name))
+
+    def _put(self, name: str, built: ClusterEntry, previous: Snapshot, changes: dict[str, dict[str, Resource | None]]) -> None:
+        self.cache.clusters[name] = built.cluster
+        encoded = self._transform(CLUSTER, built.cluster[1]) if self._transform is not None else built.cluster[1]
+        cluster = Resource.encoded(CLUSTER, encoded, built.needs, built.needs)
+        _changed(changes[CLUSTER], previous.of_type(CLUSTER), cluster)
+        if built.assignment is None:
+            self.cache.assignments.pop(name, None)
+            if name in previous.of_type(ENDPOINT):
+                changes[ENDPOINT][name] = None
+            return
+        self.cache.assignments[name] = built.assignment
+        _changed(changes[ENDPOINT], previous.of_type(ENDPOINT), Resource.encoded(ENDPOINT, built.assignment[1]))
+
+    def _routes(self, before: Entry | None, now: Entry | None, changes: dict[str, dict[str, Resource | None]]) -> None:
+        """The Ingress's own route configurations and scopes: the old ones withdrawn, the new in."""
+        for type_url, resources in ((ROUTE, _tables(before)), (SCOPED_ROUTE, _scopes(before))):
+            for name in resources:
+                changes[type_url].setdefault(name, None)
+        if now is None or now.result is None or not now.outcome.programmed:
+            return
+        for table in now.result.tables:
+            table = self._transform(ROUTE, table) if self._transform is not None else table
+            changes[ROUTE][table.name] = Resource.encoded(ROUTE, table, _clusters_needed(now.result.clusters))
+        for scope, asks in now.result.scopes:
+            changes[SCOPED_ROUTE][scope.name] = Resource.encoded(SCOPED_ROUTE, scope, NONE, asks)
+
+    def _drop_unchanged(self, changes: dict[str, dict[str, Resource | None]], previous: Snapshot) -> None:
+        """Routes and scopes withdrawn and served again unchanged are no change."""
+        for type_url in (ROUTE, SCOPED_ROUTE):
+            served = previous.of_type(type_url)
+            for name, resource in list(changes[type_url].items()):
+                old = served.get(name)
+                if resource is None and old is None:
+                    del changes[type_url][name]
+                elif resource is not None and old is not None and _same(old, resource):
+                    del changes[type_url][name]
+
+
+def _tables(entry: Entry | None) -> list[str]:
+    return [t.name for t in entry.result.tables] if entry is not None and entry.result is not None and entry.outcome.programmed else []
+
+
+def _scopes(entry: Entry | None) -> list[str]:
+    return [s.name for s, _ in entry.result.scopes] if entry is not None and entry.result is not None and entry.outcome.programmed else []
+
+
+def _clusters_needed(clusters: frozenset[str]) -> frozenset[tuple[str, str]]:
+    # Every cluster a programmed Ingress's routes name is served (it is one of its backends).
+    return frozenset((CLUSTER, c) for c in clusters)
+
+
+def _same(a: Resource, b: Resource) -> bool:
+    return a.version == b.version and a.needs == b.needs and a.asks == b.asks
+
+
+def _changed(changes: dict[str, Resource | None], served: Mapping[str, Resource], resource: Resource) -> None:
+    old = served.get(resource.name)
+    if old is None or not _same(old, resource):
+        changes[resource.name] = resource
+    else:
+        changes.pop(resource.name, None)
