@@ -170,7 +170,7 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
     from kxds.model.ingress import Ingress
     from kxds.prober import GATEWAY_SERVICE, Prober
     from kxds.sources.kubernetes import KubernetesOptions, KubernetesSource, event_recorder, ingress_status_patcher
-    from kxds.status import LoadBalancers, StatusWriter
+    from kxds.status import LoadBalancers, RateLimiter, StatusWriter
 
     identity = kube.identity or f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
     api.user_agent = f"kxds/{__version__} ({identity})"
@@ -184,13 +184,17 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
             return status.ready  # no gateway pods known: this replica's own gateways decide
         return await prober.ready(ingress, pods, controller.acked_gateway_ips(ingress.key))
 
-    writer = StatusWriter(controller.statuses, ingress_status_patcher(api),
+    writer = StatusWriter(controller.status_of, ingress_status_patcher(api),
                           LoadBalancers(gateway_namespace=kube.gateway_namespace, cluster_domain=kube.cluster_domain), verify,
-                          record=event_recorder(api, "kxds", identity))
+                          record=event_recorder(api, "kxds", identity), limiter=RateLimiter(kube.api_qps, kube.api_burst),
+                          workers=kube.status_workers)
+    controller.on_moved.append(writer.mark)
 
     def on_raw(key: ObjectKey, raw: Mapping[str, Any] | None) -> None:
         if key.kind == "Ingress":
             writer.observe(f"{key.namespace}/{key.name}", raw)
+            if raw is None:
+                prober.forget([f"{key.namespace}/{key.name}"])
 
     options = KubernetesOptions(namespace=kube.namespace, system_namespace=settings.system_namespace,
                                 secrets_by_certificate_uid=kube.secrets_by_certificate_uid)
@@ -221,18 +225,24 @@ async def _kubernetes_source(settings: Settings, kube: KubernetesSettings, filte
 async def _write_statuses(writer: Any, prober: Any, controller: Controller, fleet: Fleet, leads: Callable[[], bool],
                           leadership: asyncio.Event) -> None:
     """Re-check statuses (as leader) whenever a rebuild, an ACK or leadership may have changed them;
-    at least every second while anything is still being probed."""
+    at least every second while anything is still being probed. Gateways coming or going, or a
+    new leader, re-check every Ingress; otherwise only those that may have moved."""
+    gateways = -1
     while True:
         waits = [asyncio.ensure_future(controller.wait_rebuilt()), asyncio.ensure_future(fleet.wait_changed()),
                  asyncio.ensure_future(leadership.wait())]
         await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits:
             waiting.cancel()
+        if leadership.is_set() or len(fleet.gateways) != gateways:
+            gateways = len(fleet.gateways)
+            writer.mark_all()
         leadership.clear()
-        await asyncio.sleep(0.02)  # let a burst of ACKs land
+        await asyncio.sleep(0.005)  # let a burst of ACKs land
         if leads():
             await writer.sync()
-            prober.forget((f"{s.namespace}/{s.name}", s.hash) for s in controller.statuses())
+        else:
+            writer.mark_all()  # a replica that becomes leader starts from everything
 
 
 async def wait_for_signal() -> None:

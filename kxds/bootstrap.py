@@ -78,7 +78,7 @@ def _tls_socket(tls: XdsClientTls | XdsClientPki, host: str) -> dict[str, Any]:
 
 
 def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_ID, stats_port: int = 0, trim_stats: bool = False,
-              tls: XdsClientTls | XdsClientPki | None = None, delta: bool = False) -> dict[str, Any]:
+              tls: XdsClientTls | XdsClientPki | None = None, delta: bool = True) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     clusters: list[dict[str, Any]] = [

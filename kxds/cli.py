@@ -13,7 +13,7 @@ from typing import Any
 
 from kxds.model.config import ExtAuthzConfig, parse_ext_authz
 from kxds.model.errors import FieldError
-from kxds.settings import (DEFAULT_GATEWAY_PKI_DIR, DEFAULT_GATEWAY_PKI_SECRET, DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, KOURIER_LAYOUT,
+from kxds.settings import (DEFAULT_GATEWAY_PKI_DIR, DEFAULT_GATEWAY_PKI_SECRET, DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, SCOPED_LAYOUT,
                            ROUTE_LAYOUTS, GatewaySettings, KubernetesSettings, Ports, Settings, XdsPki, XdsTls)
 
 
@@ -43,8 +43,9 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
         attribute = name.replace("-", "_")
         _flag(parser, f"--{name}-port", type=int, default=getattr(ports, attribute), help=f"gateway {name.replace('-', ' ')} port")
     _flag(parser, "--ingress-class", default=DEFAULT_INGRESS_CLASS, help="serve only Ingresses of this class")
-    _flag(parser, "--route-layout", default=KOURIER_LAYOUT, choices=ROUTE_LAYOUTS,
-          help="kourier: two route configurations with every host (Kourier's names); scoped: one per Ingress, chosen by host (scales)")
+    _flag(parser, "--route-layout", default=SCOPED_LAYOUT, choices=ROUTE_LAYOUTS,
+          help="scoped (default): one route configuration per Ingress, chosen by host (a change re-sends only its own); "
+               "kourier: Kourier's two route configurations holding every host (Kourier's names)")
     _flag(parser, "--system-namespace", default=os.environ.get("SYSTEM_NAMESPACE", "knative-serving"), help="namespace of config-kourier and config-network")
 
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--no-leader-election", action="store_true", help="write status from this replica without holding the Lease")
     _flag(serve, "--identity", default="", help="leader election identity (default: $POD_NAME or host name, plus a random suffix)")
     _flag(serve, "--lease-duration", type=float, default=15.0, help="seconds a leader's Lease lasts without renewal")
+    _flag(serve, "--kube-api-qps", type=float, default=50.0, help="status writes and Events per second, on average (client-go's QPS)")
+    _flag(serve, "--kube-api-burst", type=int, default=100, help="status writes and Events allowed in a burst (client-go's burst)")
+    _flag(serve, "--status-workers", type=int, default=8, help="status writes in flight at once")
     _flag(serve, "--lease-renew-interval", type=float, default=2.0, help="seconds between Lease renewals and attempts")
     _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
     _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
@@ -112,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(boot, "--stats-port", type=int, default=0, help="Kourier's stats listener port (9000 there); 0 leaves it out")
     _flag(boot, "--configmap", default="", help="NAMESPACE/NAME: print it wrapped in that ConfigMap (key envoy-bootstrap.yaml)")
     _flag(boot, "--trim-stats", action="store_true", help="drop per-cluster statistics (much less Envoy memory at thousands of services)")
-    _flag(boot, "--delta", action="store_true", help="incremental xDS (api_type DELTA_GRPC) instead of state of the world")
+    _flag(boot, "--sotw", action="store_true",
+          help="state-of-the-world xDS (api_type GRPC, as Kourier's gateways) instead of the default incremental (delta) xDS")
+    boot.add_argument("--delta", action="store_true", help=argparse.SUPPRESS)  # the default; accepted as before
     _flag(boot, "--xds-pki", default=DEFAULT_GATEWAY_PKI_DIR,
           help="directory on the gateway holding the bundle kxds provisions (ca.crt, sds.yaml): mutual TLS with kxds's own CA")
     _flag(boot, "--insecure", action="store_true", help="plaintext xDS (only against kxds serve --insecure)")
@@ -194,6 +200,17 @@ def _default_certificate() -> str:
     return f"{namespace}/{name}" if namespace and name else ""
 
 
+def _positive(value: object, flag: str, kind: type[float] | type[int]) -> float:
+    """A number > 0 from a flag or its KXDS_* environment value, or exit naming the flag."""
+    try:
+        number = kind(str(value))
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise SystemExit(f"kxds serve: {flag}: {value!r} is not a number > 0")
+    return number
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     kubernetes = None
     if _switched_on(getattr(args, "kubernetes", False)):
@@ -208,6 +225,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
             identity=args.identity,
             lease_duration_seconds=float(args.lease_duration),
             lease_renew_seconds=float(args.lease_renew_interval),
+            api_qps=_positive(args.kube_api_qps, "--kube-api-qps", float),
+            api_burst=int(_positive(args.kube_api_burst, "--kube-api-burst", int)),
+            status_workers=int(_positive(args.status_workers, "--status-workers", int)),
         )
     elif not args.source:
         raise SystemExit("kxds serve: give --source DIR, or --kubernetes to watch a cluster")
@@ -274,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif _switched_on(args.insecure):
                 tls = None
             options = {"node_id": args.node_id, "stats_port": _as_int(args.stats_port),
-                       "trim_stats": _switched_on(args.trim_stats), "tls": tls, "delta": _switched_on(args.delta)}
+                       "trim_stats": _switched_on(args.trim_stats), "tls": tls, "delta": not _switched_on(args.sotw)}
             if args.configmap:
                 namespace, _, name = str(args.configmap).partition("/")
                 sys.stdout.write(render_bootstrap_configmap(namespace, name, args.xds_address, _as_int(args.admin_port), **options))

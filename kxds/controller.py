@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 
 import structlog
@@ -107,6 +107,10 @@ class Controller:
         # and the newest rejected snapshot acted on (a second NACK of it is no new evidence).
         self._trial_serial = 0
         self._rejected_serial = 0
+        # Called with the keys of Ingresses whose readiness moved (the status writer looks at those).
+        self.on_moved: list[Callable[[Iterable[str]], None]] = []
+        # Ingresses that stopped or started parsing since the last rebuild.
+        self._unparsed: set[str] = set()
 
     @property
     def objects(self) -> Mapping[ObjectKey, Parsed]:
@@ -134,6 +138,8 @@ class Controller:
                 changed.append((key, removed, None))
         for key, old, new in changed:
             self._engine.note(f"{key.namespace}/{key.name}", key.kind, old, new)
+            if isinstance(old, RejectedIngress) or isinstance(new, RejectedIngress):
+                self._unparsed.add(f"{key.namespace}/{key.name}")  # the engine never sees these
             if isinstance(old, EndpointSlice):
                 self._slices.get(old.service_key, {}).pop(key, None)
             if isinstance(new, EndpointSlice):
@@ -155,7 +161,8 @@ class Controller:
             if step is not None:
                 self._serial += 1
                 self._publish(step.snapshot)
-                self._track_moved(step.moved, step.snapshot.serial)
+                unparsed, self._unparsed = self._unparsed, set()
+                self._track_moved({**dict.fromkeys(unparsed), **step.moved}, step.snapshot.serial)
                 elapsed = time.perf_counter() - started
                 self._metrics.build_seconds.observe(elapsed)
                 log.info("snapshot.step", serial=step.snapshot.serial, ingresses=len(step.moved), route_configurations=step.routes,
@@ -166,6 +173,7 @@ class Controller:
 
     async def _rebuild_all(self) -> Snapshot:
         started = time.perf_counter()
+        self._unparsed = set()
         world = self._engine.world()
         kept, held, deferred = self._quarantine.split(world.ingresses)
         if held or deferred:
@@ -213,10 +221,11 @@ class Controller:
                 current.append((bad, rejected_outcome(bad)))
             else:
                 self._readiness.forget([key])
-        self._log_moved(self._readiness.track(current, serial, complete=False))
+        self._log_moved([*self._readiness.track(current, serial, complete=False)])
 
-    @staticmethod
-    def _log_moved(moved: Iterable[Moved]) -> None:
+    def _log_moved(self, moved: list[Moved]) -> None:
+        for callback in self.on_moved:
+            callback(m.key for m in moved)
         for m in moved:
             if m.rejected:
                 log.error("ingress.rejected", ingress=m.key, error=m.outcome.message)
@@ -310,6 +319,12 @@ class Controller:
     def gateway_pods(self, namespace: str, service: str) -> list[str]:
         """Ready addresses of a Service's EndpointSlices: the gateway pods to probe."""
         return sorted({a for piece in self._slices.get(f"{namespace}/{service}", {}).values() for a in piece.addresses})
+
+    def status_of(self, key: str) -> IngressStatus | None:
+        """One Ingress's readiness ("ns/name"), None when it is not ours."""
+        namespace, _, name = key.partition("/")
+        obj = self._objects.get(ObjectKey("Ingress", namespace, name))
+        return self._readiness.status(obj) if isinstance(obj, (Ingress, RejectedIngress)) else None
 
     def statuses(self) -> list[IngressStatus]:
         """Readiness of every Ingress of our class, as /ingresses reports it."""

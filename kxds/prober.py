@@ -50,19 +50,21 @@ class Prober:
         self._ports = ports
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = asyncio.Semaphore(concurrency)
-        self._passed: set[tuple[str, str, str]] = set()  # (ingress key, hash, pod ip)
+        self._passed: dict[str, tuple[str, set[str]]] = {}  # ingress key → (its hash, pods that served it)
         self._insecure = ssl.create_default_context()
         self._insecure.check_hostname, self._insecure.verify_mode = False, ssl.CERT_NONE
 
-    def forget(self, live: Iterable[tuple[str, str]]) -> None:
-        """Drop results for Ingress versions that are gone."""
-        keep = set(live)
-        self._passed = {p for p in self._passed if (p[0], p[1]) in keep}
+    def forget(self, keys: Iterable[str]) -> None:
+        """These Ingresses are gone."""
+        for key in keys:
+            self._passed.pop(key, None)
 
     async def ready(self, ingress: Ingress, pods: Iterable[str], acked_pods: Iterable[str]) -> bool:
         """Does every gateway pod serve this Ingress's current hash? Probes what it must."""
         acked = set(acked_pods)
-        pending = [ip for ip in pods if ip not in acked and (ingress.key, ingress.hash, ip) not in self._passed]
+        known = self._passed.get(ingress.key)
+        passed = known[1] if known is not None and known[0] == ingress.hash else set()  # another hash: probe again
+        pending = [ip for ip in pods if ip not in acked and ip not in passed]
         if not pending:
             return True
         urls = probe_urls(ingress, self._ports)
@@ -73,7 +75,10 @@ class Prober:
         async with aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(force_close=True)) as session:
             outcomes = await asyncio.gather(*(self._probe(session, ingress, ip, url) for url in urls))
         if all(outcomes):
-            self._passed.add((ingress.key, ingress.hash, ip))
+            known = self._passed.get(ingress.key)
+            if known is None or known[0] != ingress.hash:
+                known = self._passed[ingress.key] = (ingress.hash, set())
+            known[1].add(ip)
             return True
         return False
 

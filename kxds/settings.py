@@ -46,7 +46,7 @@ class GatewaySettings:
     ext_authz: ExtAuthzConfig | None = None
     # "kourier": Kourier's two route configurations holding every vhost (the contract dashboards
     # know); "scoped": one route configuration per Ingress, chosen by host (translate/scopes.py).
-    route_layout: str = KOURIER_LAYOUT
+    route_layout: str = SCOPED_LAYOUT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +62,10 @@ class KubernetesSettings:
     identity: str = ""  # default: $POD_NAME or the host name, plus a random suffix
     lease_duration_seconds: float = 15.0
     lease_renew_seconds: float = 2.0
+    # Status writes and Events, as client-go's rate limiter counts them, and how many at once.
+    api_qps: float = 50.0
+    api_burst: int = 100
+    status_workers: int = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,7 +8,8 @@ when its status does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -97,13 +98,40 @@ def _comparable(status: Mapping[str, Any] | None) -> Any:
     return {**status, "conditions": sorted(conditions, key=lambda c: str(c.get("type")))}
 
 
-class StatusWriter:
-    """Keeps every owned Ingress's status in line with kxds's view, writing only differences."""
+class RateLimiter:
+    """client-go's token bucket: `qps` API calls a second on average, in bursts of up to `burst`."""
 
-    def __init__(self, statuses: Callable[[], list[IngressStatus]], patch: Callable[[str, str, dict[str, Any]], None],
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._qps, self._burst, self._clock = qps, max(1, burst), clock
+        self._tokens, self._last = float(self._burst), clock()
+
+    async def acquire(self) -> None:
+        while True:
+            now = self._clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._qps)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / self._qps)
+
+
+# Status states that only the gateways catching up can move: re-checked on every pass.
+_WAITING = ("", UNINITIALIZED, NO_GATEWAY)
+
+
+class StatusWriter:
+    """Keeps every owned Ingress's status in line with kxds's view, writing only differences.
+
+    A pass looks only at what may have moved: Ingresses whose readiness moved (`mark`), whose
+    object changed, and those still waiting for the gateways; `mark_all` (a new leader, gateways
+    coming or going) looks at every one. Writes go out `workers` at a time, within the API rate.
+    """
+
+    def __init__(self, status_of: Callable[[str], IngressStatus | None], patch: Callable[[str, str, dict[str, Any]], None],
                  balancers: LoadBalancers, verify: Callable[[IngressStatus], Awaitable[bool]] | None = None,
-                 record: Record | None = None) -> None:
-        self._statuses = statuses
+                 record: Record | None = None, *, limiter: RateLimiter | None = None, workers: int = 8) -> None:
+        self._status_of = status_of
         self._record = record
         # "ns/name" → (reason, message) of the last Event recorded for it.
         self._announced: dict[str, tuple[str, str]] = {}
@@ -111,15 +139,78 @@ class StatusWriter:
         self._balancers = balancers
         # Every gateway pod's own word (the hash probe) instead of this replica's ACKs alone.
         self._verify = verify
+        self._limiter = limiter
+        self._workers = workers
         self.observed: dict[str, Mapping[str, Any]] = {}  # "ns/name" → raw object as last seen
+        self._dirty: set[str] = set()
+        self._waiting: set[str] = set()
+        self._all = True
         self.writes = 0
+
+    def mark(self, keys: Iterable[str]) -> None:
+        """These Ingresses' readiness moved: the next pass looks at them."""
+        self._dirty.update(keys)
+
+    def mark_all(self) -> None:
+        self._all = True
 
     def observe(self, key: str, raw: Mapping[str, Any] | None) -> None:
         if raw is None:
             self.observed.pop(key, None)
             self._announced.pop(key, None)
-        else:
-            self.observed[key] = raw
+            self._dirty.discard(key)
+            self._waiting.discard(key)
+            return
+        before = self.observed.get(key)
+        self.observed[key] = raw
+        # The echo of our own write changes nothing; a new generation or someone else's status does.
+        if before is None or _generation(before) != _generation(raw) or _comparable(before.get("status")) != _comparable(raw.get("status")):
+            self._dirty.add(key)
+
+    async def sync(self) -> int:
+        """Write what differs among what may have moved; returns how many Ingresses were written."""
+        keys = set(self.observed) if self._all else (self._dirty | self._waiting) & self.observed.keys()
+        self._all, self._dirty = False, set()
+        if not keys:
+            return 0
+        slots = asyncio.Semaphore(self._workers)
+
+        async def one(key: str) -> bool:
+            async with slots:
+                return await self._reconcile(key)
+
+        written = sum(await asyncio.gather(*(one(key) for key in sorted(keys))))
+        self.writes += written
+        return written
+
+    async def _reconcile(self, key: str) -> bool:
+        status, raw = self._status_of(key), self.observed.get(key)
+        if status is None or raw is None:
+            self._waiting.discard(key)
+            return False
+        if self._verify is not None and status.reason in _WAITING:
+            ready = await self._verify(status)
+            status = replace(status, ready=ready, reason="" if ready else UNINITIALIZED, message="" if ready else LB_WAITING)
+        (self._waiting.discard if status.ready or status.reason not in _WAITING else self._waiting.add)(key)
+        await self._announce(status, raw)
+        generation = _generation(raw)
+        current = raw.get("status")
+        wanted = desired_status(status, generation, current, self._balancers)
+        if _comparable(current) == _comparable(wanted):
+            return False
+        try:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            await asyncio.to_thread(self._patch, status.namespace, status.name, {"status": wanted})
+        except Exception as exc:  # retried on the next pass; one failed write must not stop the others
+            log.warning("status.write_failed", ingress=key, error=repr(exc))
+            self._dirty.add(key)
+            return False
+        # Remember what we wrote so the same status is not written again before the watch echoes it.
+        if key in self.observed:
+            self.observed[key] = {**raw, "status": wanted}
+        log.info("status.written", ingress=key, generation=generation, ready=status.ready, reason=status.reason)
+        return True
 
     async def _announce(self, status: IngressStatus, raw: Mapping[str, Any]) -> None:
         """An Event for a failure reason, or for the return to Ready after one; once per change."""
@@ -138,37 +229,14 @@ class StatusWriter:
             return
         uid = str((raw.get("metadata") or {}).get("uid") or "")
         try:
+            if self._limiter is not None:
+                await self._limiter.acquire()
             await asyncio.to_thread(self._record, status.namespace, status.name, uid, kind, reason, message[:1024])
         except Exception as exc:  # an Event is best effort; the next change records again
             log.warning("event.write_failed", ingress=key, reason=reason, error=repr(exc))
             return
         self._announced[key] = (reason, message)
 
-    async def sync(self) -> int:
-        """Write what differs; returns how many Ingresses were written."""
-        written = 0
-        for status in self._statuses():
-            key = f"{status.namespace}/{status.name}"
-            raw = self.observed.get(key)
-            if raw is None:
-                continue
-            if self._verify is not None and status.reason in ("", UNINITIALIZED, NO_GATEWAY):
-                ready = await self._verify(status)
-                status = replace(status, ready=ready, reason="" if ready else UNINITIALIZED, message="" if ready else LB_WAITING)
-            await self._announce(status, raw)
-            generation = int((raw.get("metadata") or {}).get("generation") or 0)
-            current = raw.get("status")
-            wanted = desired_status(status, generation, current, self._balancers)
-            if _comparable(current) == _comparable(wanted):
-                continue
-            try:
-                await asyncio.to_thread(self._patch, status.namespace, status.name, {"status": wanted})
-            except Exception as exc:  # the next sync retries; one failed write must not stop the others
-                log.warning("status.write_failed", ingress=key, error=repr(exc))
-                continue
-            # Remember what we wrote so the same status is not written again before the watch echoes it.
-            self.observed[key] = {**raw, "status": wanted}
-            written += 1
-            log.info("status.written", ingress=key, generation=generation, ready=status.ready, reason=status.reason)
-        self.writes += written
-        return written
+
+def _generation(raw: Mapping[str, Any]) -> int:
+    return int((raw.get("metadata") or {}).get("generation") or 0)

@@ -18,8 +18,8 @@ class Stack:
         self.ports = ListenerPorts()
         self.backends = Backends()
         self.plane = ControlPlane(workdir, self.ports, env=env)
-        # KXDS_TEST_DELTA=1 runs the gateway on incremental xDS (scripts/test runs conformance both ways).
-        self.gateway = Gateway(workdir, self.plane, bootstrap_options={"delta": os.environ.get("KXDS_TEST_DELTA") == "1"})
+        # The gateway speaks delta xDS (the default); KXDS_TEST_DELTA=0 makes it state of the world.
+        self.gateway = Gateway(workdir, self.plane, bootstrap_options={"delta": os.environ.get("KXDS_TEST_DELTA", "1") != "0"})
 
     def close(self) -> None:
         self.gateway.stop()

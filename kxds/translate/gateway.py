@@ -197,8 +197,9 @@ class Plan:
         if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
             message = f"system-internal-tls is enabled but {self.upstream_ca[1]}"
             return IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
-        if self.scoped and (wildcard := next((h for h in sorted(ingress.hosts) if scopes.unscopable(h)), None)) is not None:
-            message = f"spec.rules[].hosts: {wildcard!r} cannot be routed with --route-layout=scoped (exact hosts only)"
+        if self.scoped and (wildcard := _unscopable(ingress)) is not None:
+            message = (f"{wildcard}: the scoped route layout (the default) routes exact hosts only; "
+                       "wildcard hosts and rules without hosts need --route-layout=kourier")
             return IngressResult(Outcome(programmed=False, reason=RECONCILE_FAILED, message=message), {})
         vhosts = routes.ingress_virtual_hosts(ingress, redirects_disabled=self.gateway.http_option_disabled, ext_authz=self.ext_authz)
         external = tuple(v.encoded for v in vhosts.external)
@@ -356,6 +357,17 @@ def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_
                 elif backend.upstream_tls and not upstream_tls:
                     found[name] = Backend(backend.service, backend.port, backend.http2, False)
     return found
+
+
+def _unscopable(ingress: Ingress) -> str | None:
+    """The field of the first host no scope key can match (a wildcard, or a rule without hosts)."""
+    for i, rule in enumerate(ingress.rules):
+        if not rule.hosts:
+            return f"spec.rules[{i}].hosts: empty (every host)"
+        for j, host in enumerate(rule.hosts):
+            if scopes.unscopable(host):
+                return f"spec.rules[{i}].hosts[{j}]: {host!r}"
+    return None
 
 
 def _split_at(rule: int, path: int, split: int) -> str:

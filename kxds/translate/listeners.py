@@ -116,6 +116,7 @@ def connection_manager(route_config: str, kourier: KourierConfig, *, scoped: boo
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         stat_prefix="ingress_http",
         http_filters=[
+            *([scopes.host_folding_filter()] if scoped else []),
             *([extensions.ext_authz_filter(kourier.ext_authz)] if kourier.ext_authz else []),
             hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router())),
         ],

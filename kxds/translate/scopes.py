@@ -7,7 +7,11 @@ host, and an Ingress change re-sends only its own route configurations.
 
 Every scope travels to every listener (Envoy subscribes to SRDS as a wildcard), so the key has two
 fragments: a header the listener sets before routing (early header mutation, overwriting anything a
-client sent) and the `:authority` without its port. The header is removed before going upstream.
+client sent) and the host, lower-cased, without its port, which the first HTTP filter (a few lines of
+Lua) writes into a header of its own: hosts match case-insensitively (RFC 9110 §4.2.3), as Envoy's
+vhost domains do in Kourier's layout, and a scope key is an exact string. Envoy picks the scope
+again once a filter changed the request's headers, so the key it routes by is the filter's. Both
+headers are removed before going upstream.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, extension_pb2
 from envoy.config.route.v3 import scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 
 from kxds.translate.clusters import packed
@@ -27,7 +32,17 @@ from kxds.resources import ROUTE
 
 # Set by the listener on every request (never trusted from the client), read by the scope key.
 LISTENER_HEADER = "x-kxds-listener"
+# Set by the host-folding filter on every request (never trusted from the client), read by the scope key.
+HOST_HEADER = "x-kxds-host"
 EARLY_HEADER_MUTATION = "envoy.http.early_header_mutation.header_mutation"
+LUA_FILTER = "envoy.filters.http.lua"
+# `[v6]:port` keeps its brackets; `host:port` loses the port.
+_FOLD_HOST = f"""function envoy_on_request(request)
+  local authority = request:headers():get(":authority") or ""
+  local host = string.match(authority, "^%[[^%]]*%]") or string.match(authority, "^[^:]*")
+  request:headers():replace("{HOST_HEADER}", string.lower(host))
+end
+"""
 
 Fragment = hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder
 
@@ -53,7 +68,7 @@ def scoped_routes(table: str, source: config_source_pb2.ConfigSource) -> hcm_pb2
     builder = hcm_pb2.ScopedRoutes.ScopeKeyBuilder(
         fragments=[
             Fragment(header_value_extractor=header(name=LISTENER_HEADER, index=0)),
-            Fragment(header_value_extractor=header(name=":authority", element_separator=":", index=0)),
+            Fragment(header_value_extractor=header(name=HOST_HEADER, index=0)),
         ]
     )
     return hcm_pb2.ScopedRoutes(
@@ -79,8 +94,14 @@ def listener_mark(table: str) -> extension_pb2.TypedExtensionConfig:
     return extension_pb2.TypedExtensionConfig(name=EARLY_HEADER_MUTATION, typed_config=packed(mutation))
 
 
+def host_folding_filter() -> hcm_pb2.HttpFilter:
+    """The first HTTP filter of a scoped listener: the scope key's host, lower-cased."""
+    lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=_FOLD_HOST))
+    return hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=packed(lua))
+
+
 def table(table_name: str, owner: str, vhosts: Iterable[Encoded]) -> RouteTable:
-    return RouteTable.of(route_config_name(table_name, owner), vhosts, remove_headers=(LISTENER_HEADER,))
+    return RouteTable.of(route_config_name(table_name, owner), vhosts, remove_headers=(LISTENER_HEADER, HOST_HEADER))
 
 
 # A scope with what a gateway asks for once it holds it: the route configuration it names.

@@ -21,12 +21,16 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (report,) = tmp_path.glob("*.json")
     results = json.loads(report.read_text())["results"]  # side by side, in one run
-    assert [r["mode"] for r in results] == ["sotw", "delta", "delta-scoped", "kourier"]
+    modes = ["default", "sotw", "kourier-layout", "kourier"]
+    assert [r["mode"] for r in results] == modes
     for measured in results:
         assert measured["ingresses"] == 20 and measured["ingress_change"]["p50_ms"] > 0 and measured["endpoint_flip"]["max_ms"] > 0
+        for event in ("create", "rollout", "delete"):  # the life-cycle scenarios
+            assert measured[event]["p50_ms"] > 0, event
+        assert measured["cpu_per_life_cycle_event_ms"] > 0
     table = (tmp_path / "latest.md").read_text()
-    for mode in ("sotw", "delta", "delta-scoped", "kourier"):
+    for mode in modes:
         assert f"| 20 | {mode} |" in table
-    assert "20: delta change" in table and "20: delta-scoped change" in table
+    assert "20: create" in table
     (png,) = tmp_path.glob("2*.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "latest.png").read_bytes() == png.read_bytes()

@@ -1,7 +1,7 @@
-"""The scoped route layout with a real Envoy (`--route-layout=scoped`): hosts reach their Ingress's
-own route configuration on the right listener only, a client cannot pick another listener's scope,
-and an Ingress change re-sends that Ingress's route configurations and nothing else. (The whole
-conformance suite also runs on this layout: scripts/test.)"""
+"""The scoped route layout (the default) with a real Envoy: hosts reach their Ingress's own route
+configuration on the right listener only, whatever their case, a client cannot pick another
+listener's or host's scope, and an Ingress change re-sends that Ingress's route configurations and
+nothing else. (The conformance suite runs on every layout and protocol: scripts/test.)"""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
 from tests.conftest import Stack
 from tests.e2e.harness import LOCAL, curl, wait_until
-from kxds.translate.scopes import LISTENER_HEADER
+from kxds.translate.scopes import HOST_HEADER, LISTENER_HEADER
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("scoped"), env={"KXDS_ROUTE_LAYOUT": "scoped"})
+    stack = Stack(tmp_path_factory.mktemp("scoped"))
     try:
         yield stack
     finally:
@@ -58,8 +58,13 @@ def test_hosts_reach_their_ingress_on_their_listeners_only(scoped: Stack) -> Non
     for claimed in ((), (f"{LISTENER_HEADER}: internal_services",)):
         assert curl(ports.external, "a.ns.svc.cluster.local", headers=claimed).status == 404
     assert curl(ports.external, "unknown.example.com").status == 404
-    # Scope keys are exact: unlike vhost domains, a host differing in case is not matched (README).
-    assert curl(ports.external, "a.example.com", headers=("Host: A.Example.com",)).status == 404
+    # Hosts match whatever their case (RFC 9110), as vhost domains do in Kourier's layout.
+    for host in ("A.Example.com", "A.EXAMPLE.COM:8080"):
+        assert curl(ports.external, "a.example.com", headers=(f"Host: {host}",)).status == 200, host
+    assert curl(ports.internal, "a.ns", headers=("Host: A.NS.Svc.Cluster.Local",)).status == 200
+    assert public.request_header(HOST_HEADER) is None  # the folded host never goes upstream either
+    # A client cannot name another host's scope: the filter overwrites whatever it sent.
+    assert curl(ports.external, "unknown.example.com", headers=(f"{HOST_HEADER}: a.example.com",)).status == 404
     # The gateway's own readiness route lives in its own scope on the internal listener.
     assert curl(ports.internal, "internalkourier", path="/ready").status == 200
 

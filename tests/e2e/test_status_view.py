@@ -44,6 +44,10 @@ def test_status_says_when_kxds_is_unreachable() -> None:
     assert result.returncode == 1 and "cannot reach kxds's admin" in result.stderr
 
 
+# The status route configuration every gateway holds in the default (scoped) layout.
+STATUS_ROUTES = "internal_services/internalkourier"
+
+
 def test_a_csds_client_reads_the_gateways_configuration(stack: Stack) -> None:
     wait_until(lambda: any(g["synced"] for g in stack.plane.gateways()), what="a synced gateway")
     with gateway_channel(stack.plane) as channel:
@@ -51,9 +55,9 @@ def test_a_csds_client_reads_the_gateways_configuration(stack: Stack) -> None:
     assert [c.node.id for c in status.config] == ["3scale-kourier-gateway"]
     entries = {(e.type_url, e.name): e for e in status.config[0].generic_xds_configs}
     reported = route_pb2.RouteConfiguration()
-    entries[(ROUTE, "internal_services")].xds_config.Unpack(reported)
+    entries[(ROUTE, STATUS_ROUTES)].xds_config.Unpack(reported)
     # What Envoy itself says it holds for the same route configuration.
     dump = json.loads(stack.gateway.admin("/config_dump?resource=dynamic_route_configs"))
-    held = next(c["route_config"] for c in dump["configs"] if c["route_config"]["name"] == "internal_services")
+    held = next(c["route_config"] for c in dump["configs"] if c["route_config"]["name"] == STATUS_ROUTES)
     assert sorted(v.name for v in reported.virtual_hosts) == sorted(v["name"] for v in held["virtual_hosts"])
     assert {e.type_url for e in entries.values()} >= {LISTENER, ROUTE}

@@ -40,9 +40,10 @@ def test_httpoption_disabled_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_route_layout_from_flag_or_environment_and_a_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.route_layout == "kourier"
-    monkeypatch.setenv("KXDS_ROUTE_LAYOUT", "scoped")
     assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.route_layout == "scoped"
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x", "--route-layout", "kourier"])).gateway.route_layout == "kourier"
+    monkeypatch.setenv("KXDS_ROUTE_LAYOUT", "kourier")
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).gateway.route_layout == "kourier"
     result = kxds("serve", "--source", "x", env={"KXDS_ROUTE_LAYOUT": "sharded"})
     assert result.returncode == 1 and "KXDS_ROUTE_LAYOUT): 'sharded' is not one of kourier, scoped" in result.stderr
 
@@ -53,13 +54,13 @@ def test_missing_source_is_a_usage_error() -> None:
 
 
 def test_render_prints_the_resources_as_json() -> None:
-    result = kxds("render", "--source", str(ROOT / "examples"))
+    result = kxds("render", "--source", str(ROOT / "examples"), "--route-layout", "kourier")
     assert result.returncode == 0, result.stderr
     rendered = json.loads(result.stdout)
     assert [r["name"] for r in rendered["routes"]] == ["external_services", "internal_services"]
     assert rendered["ingresses"] == {"default/hello": {"programmed": True, "reason": "", "message": ""}}
     assert rendered["scoped_routes"] == []
-    scoped = json.loads(kxds("render", "--source", str(ROOT / "examples"), "--route-layout", "scoped").stdout)
+    scoped = json.loads(kxds("render", "--source", str(ROOT / "examples")).stdout)  # the default layout
     assert sorted(r["name"] for r in scoped["routes"]) == ["external_services/default/hello", "internal_services/default/hello", "internal_services/internalkourier"]
     assert {s["route_configuration_name"] for s in scoped["scoped_routes"]} == {r["name"] for r in scoped["routes"]}
 
@@ -79,7 +80,7 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> Non
     retry = config["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["retry_policy"]["retry_back_off"]
     assert retry == {"base_interval": "0.1s", "max_interval": "1s"}
     assert config["node"] == {"id": "3scale-kourier-gateway", "cluster": "kourier-knative"}
-    assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"  # the default; --sotw for Kourier's
     assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     (tmp_path / "bootstrap.yaml").write_text(result.stdout)
     validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
@@ -135,3 +136,13 @@ def test_kubernetes_mode_without_credentials_says_what_it_tried(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "no Kubernetes credentials found; tried --kubeconfig (not given), $KUBECONFIG (unset)" in result.stderr
     assert f"{tmp_path}/.kube/config (missing)" in result.stderr
+
+
+def test_bootstrap_speaks_delta_by_default_and_state_of_the_world_on_request() -> None:
+    def api_type(*flags: str) -> str:
+        result = kxds("bootstrap", "--xds-address", "127.0.0.1:1", "--admin-port", "1", *flags)
+        assert result.returncode == 0, result.stderr
+        return str(yaml.safe_load(result.stdout)["dynamic_resources"]["ads_config"]["api_type"])
+
+    assert api_type() == api_type("--delta") == "DELTA_GRPC"  # --delta, the old opt-in, still parses
+    assert api_type("--sotw") == "GRPC"

@@ -11,7 +11,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from kxds.model.config import Endpoint, ExtAuthzConfig, KourierConfig, TracingConfig, parse_ext_authz, parse_kourier_config
-from kxds.settings import GatewaySettings
+from kxds.settings import KOURIER_LAYOUT, GatewaySettings
 from kxds.translate.gateway import GatewayConfig
 from kxds.engine.assemble import build_snapshot
 from kxds.resources import CLUSTER, LISTENER
@@ -101,7 +101,7 @@ def test_listen_addresses_and_proxy_protocol_on_the_external_and_https_listeners
     cert, key, _ = CertificateAuthority().issue("h.example.com")
     config = with_config({"listen-ip-addresses": "10.0.0.1,fd00::1", "enable-proxy-protocol": "true"},
                          TLS_INGRESS, tls_secret("c", "ns", cert, key), *backend("a", 8001),
-                         gateway=GatewaySettings(listen_address="0.0.0.0"))
+                         gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, listen_address="0.0.0.0"))
     by_port = listeners(config)
     assert set(by_port) == {8080, 8081, 8090, 8443, 8444, 9443} - {8444}
     for port, listener in by_port.items():
@@ -114,7 +114,7 @@ def test_listen_addresses_and_proxy_protocol_on_the_external_and_https_listeners
 
 
 def test_without_listen_ip_addresses_the_listen_address_setting_binds() -> None:
-    config = with_config({}, gateway=GatewaySettings(listen_address="127.0.0.1"))
+    config = with_config({}, gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, listen_address="127.0.0.1"))
     assert {lis.address.socket_address.address for lis in config.listeners} == {"127.0.0.1"}
     assert not any(lis.additional_addresses for lis in config.listeners)
 
@@ -148,7 +148,7 @@ def test_ext_authz_filter_cluster_and_per_vhost_context() -> None:
 
 def test_the_environment_wins_over_config_kourier_for_ext_authz() -> None:
     env = ExtAuthzConfig(endpoint=Endpoint(host="env-authz", port=1), protocol="http")
-    config = with_config({"extauthz-host": "map-authz:2"}, gateway=GatewaySettings(ext_authz=env))
+    config = with_config({"extauthz-host": "map-authz:2"}, gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, ext_authz=env))
     cluster = next(c for c in config.clusters if c.name == "extAuthz")
     assert cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address == "env-authz"
 

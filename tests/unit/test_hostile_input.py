@@ -11,6 +11,7 @@ from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
@@ -24,7 +25,10 @@ from kxds.model.errors import InvalidObject
 from kxds.model.ingress import HOP_BY_HOP, Ingress, RejectedIngress
 from kxds.model.objects import Filters, parse_object
 from kxds.model.config import Endpoint, ExtAuthzConfig
-from kxds.settings import DEFAULT_INGRESS_CLASS, ROUTE_LAYOUTS, GatewaySettings
+from kxds.resources import SCOPED_ROUTE
+from kxds.model.world import World
+from kxds.settings import DEFAULT_INGRESS_CLASS, ROUTE_LAYOUTS, SCOPED_LAYOUT, GatewaySettings
+from kxds.translate import scopes
 from kxds.translate.gateway import GatewayConfig, translate
 
 FILTERS = Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving")
@@ -229,6 +233,7 @@ def static_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     into each listener, EDS clusters made STATIC with their load assignments."""
     routes = {r.name: r for r in config.route_configs}
     assignments = {a.cluster_name: a for a in config.load_assignments}
+    scoped = [scoped_route_pb2.ScopedRouteConfiguration.FromString(e.data) for e in config.encoded.get(SCOPED_ROUTE, ())]
     boot = bootstrap_pb2.Bootstrap()
     for listener in config.listeners:
         static = boot.static_resources.listeners.add()
@@ -237,7 +242,14 @@ def static_bootstrap(config: GatewayConfig) -> dict[str, Any]:
             for network_filter in chain.filters:
                 manager = hcm_pb2.HttpConnectionManager()
                 network_filter.typed_config.Unpack(manager)
-                manager.route_config.CopyFrom(routes[manager.rds.route_config_name])
+                if manager.HasField("scoped_routes"):  # the scoped layout: every scope, its routes inline
+                    inline = manager.scoped_routes.scoped_route_configurations_list.scoped_route_configurations
+                    for scope in scoped:
+                        copy = inline.add(name=scope.name, key=scope.key)
+                        copy.route_configuration.CopyFrom(routes[scope.route_configuration_name])
+                    manager.scoped_routes.ClearField("rds_config_source")
+                else:
+                    manager.route_config.CopyFrom(routes[manager.rds.route_config_name])
                 network_filter.typed_config.Pack(manager)
     for cluster in config.clusters:
         static_cluster = boot.static_resources.clusters.add()
@@ -252,6 +264,13 @@ def static_bootstrap(config: GatewayConfig) -> dict[str, Any]:
     return json_format.MessageToDict(boot)
 
 
+def unscopable(world: World, layout: str) -> list[Ingress]:
+    """The Ingresses the scoped layout refuses: a wildcard host, or a rule without hosts."""
+    if layout != SCOPED_LAYOUT:
+        return []
+    return [i for i in world.ingresses if any(not r.hosts or any(scopes.unscopable(h) for h in r.hosts) for r in i.rules)]
+
+
 def envoy_validate(config: GatewayConfig) -> subprocess.CompletedProcess[str]:
     """A real `envoy --mode validate` of the served configuration (see static_bootstrap)."""
     with tempfile.TemporaryDirectory() as workdir:
@@ -263,16 +282,17 @@ def envoy_validate(config: GatewayConfig) -> subprocess.CompletedProcess[str]:
 @pytest.mark.e2e
 @pytest.mark.timeout(300)  # six real `envoy --mode validate` runs and their generation: ~70-100 s on this 2-core machine
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.data(), sane_backends())
-def test_envoy_accepts_everything_kxds_would_serve(data: st.DataObject, backend_docs: list[dict[str, Any]]) -> None:
+@given(st.data(), sane_backends(), st.sampled_from(ROUTE_LAYOUTS))
+def test_envoy_accepts_everything_kxds_would_serve(data: st.DataObject, backend_docs: list[dict[str, Any]], layout: str) -> None:
     # Several Ingresses per example: envoy --mode validate costs about a second per run.
     docs = [data.draw(valid_ingresses(f"i{n}")) for n in range(12)]
     world, rejected = parsed_world([*docs, *backend_docs])
     assert not rejected, [str(r.error) for r in rejected]
-    config = translate(world, GatewaySettings(listen_address="127.0.0.1"))
+    config = translate(world, GatewaySettings(listen_address="127.0.0.1", route_layout=layout))
     result = envoy_validate(config)
     served = [k for k, o in config.outcomes.items() if o.programmed]
-    assert len(served) == len(docs), config.outcomes  # valid, distinct hosts, existing backends: all served
+    # Valid, distinct hosts, existing backends: all served (the scoped layout refuses wildcard hosts).
+    assert len(served) == len(docs) - len(unscopable(world, layout)), config.outcomes
     assert result.returncode == 0, f"Envoy rejected the configuration for {served}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
     assert all(isinstance(i, Ingress) for i in world.ingresses)
 
@@ -315,15 +335,15 @@ def edge_ingresses(draw: Any, name: str) -> dict[str, Any]:
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.data(), sane_backends())
-def test_envoy_accepts_whatever_kxds_serves_at_and_beyond_its_limits(data: st.DataObject, backend_docs: list[dict[str, Any]]) -> None:
+@given(st.data(), sane_backends(), st.sampled_from(ROUTE_LAYOUTS))
+def test_envoy_accepts_whatever_kxds_serves_at_and_beyond_its_limits(data: st.DataObject, backend_docs: list[dict[str, Any]], layout: str) -> None:
     docs = [data.draw(edge_ingresses(f"e{n}")) for n in range(8)]
     world, rejected = parsed_world([*docs, *backend_docs])
     for bad in rejected:
         assert bad.error.field.startswith("spec.rules[0].http.paths[0]"), bad.error
         assert any(word in bad.error.problem for word in ("Envoy", "hop-by-hop", "control characters", "must start with")), bad.error
-    config = translate(world, GatewaySettings(listen_address="127.0.0.1"))
+    config = translate(world, GatewaySettings(listen_address="127.0.0.1", route_layout=layout))
     served = [k for k, o in config.outcomes.items() if o.programmed]
-    assert len(served) + len(rejected) == len(docs), config.outcomes
+    assert len(served) + len(rejected) + len(unscopable(world, layout)) == len(docs), config.outcomes
     result = envoy_validate(config)
     assert result.returncode == 0, f"Envoy rejected the configuration for {served}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"

@@ -10,7 +10,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from kxds import baseline
 from kxds.controller import build_world
 from kxds.model.objects import parse_object
-from kxds.settings import GatewaySettings
+from kxds.settings import KOURIER_LAYOUT, GatewaySettings
 from kxds.translate.gateway import GatewayConfig, TranslationCache, translate
 from kxds.engine.assemble import build_snapshot
 from kxds.resources import CLUSTER, ENDPOINT, ROUTE
@@ -38,10 +38,10 @@ def vhost_objects(config: GatewayConfig) -> dict[str, Any]:
 
 def test_cached_translation_equals_a_fresh_one_and_reuses_unchanged_ingresses() -> None:
     cache = TranslationCache()
-    first = translate(world(docs()), GatewaySettings(), cache)
+    first = translate(world(docs()), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
     changed = docs(marker="1")
-    second = translate(world(changed), GatewaySettings(), cache)
-    assert same_output(second, translate(world(changed), GatewaySettings()))
+    second = translate(world(changed), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
+    assert same_output(second, translate(world(changed), GatewaySettings(route_layout=KOURIER_LAYOUT)))
     before, after = vhost_objects(first), vhost_objects(second)
     reused = {n for n in after if n in before and after[n] is before[n]}
     assert reused == set(after) - {"(ns/i5).Domain[h5.example.com]"}
@@ -49,10 +49,10 @@ def test_cached_translation_equals_a_fresh_one_and_reuses_unchanged_ingresses() 
 
 def test_a_service_change_retranslates_the_ingresses_that_use_it() -> None:
     cache = TranslationCache()
-    first = translate(world(docs()), GatewaySettings(), cache)
+    first = translate(world(docs()), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
     changed = docs(port_name="http2")  # service s3 now speaks h2c
-    second = translate(world(changed), GatewaySettings(), cache)
-    assert same_output(second, translate(world(changed), GatewaySettings()))
+    second = translate(world(changed), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
+    assert same_output(second, translate(world(changed), GatewaySettings(route_layout=KOURIER_LAYOUT)))
     clusters_before = {e.name: e for e in first.encoded[CLUSTER]}
     clusters_after = {e.name: e for e in second.encoded[CLUSTER]}
     assert {n for n in clusters_after if clusters_after[n] is not clusters_before[n]} == {"ns/s3"}
@@ -61,11 +61,11 @@ def test_a_service_change_retranslates_the_ingresses_that_use_it() -> None:
 def test_an_endpoint_change_is_one_load_assignment() -> None:
     cache = TranslationCache()
     base = docs()
-    first = translate(world(base), GatewaySettings(), cache)
+    first = translate(world(base), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
     moved = [d for d in base if not (d["kind"] == "EndpointSlice" and d["metadata"]["name"] == "s7-abc")]
     moved.append(endpoint_slice("s7", ["10.0.0.7"], 9000))
-    second = translate(world(moved), GatewaySettings(), cache)
-    assert same_output(second, translate(world(moved), GatewaySettings()))
+    second = translate(world(moved), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
+    assert same_output(second, translate(world(moved), GatewaySettings(route_layout=KOURIER_LAYOUT)))
     for type_url, changed in ((ENDPOINT, {"ns/s7"}), (CLUSTER, set()), (ROUTE, set())):
         before = {e.name: e.version for e in first.encoded[type_url]}
         assert {e.name for e in second.encoded[type_url] if before.get(e.name) != e.version} == changed, type_url
@@ -73,13 +73,13 @@ def test_an_endpoint_change_is_one_load_assignment() -> None:
 
 def test_the_cache_forgets_what_is_gone() -> None:
     cache = TranslationCache()
-    translate(world(docs()), GatewaySettings(), cache)
-    translate(world([d for d in docs() if d["metadata"]["name"] not in ("i2", "s2")]), GatewaySettings(), cache)
+    translate(world(docs()), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
+    translate(world([d for d in docs() if d["metadata"]["name"] not in ("i2", "s2")]), GatewaySettings(route_layout=KOURIER_LAYOUT), cache)
     assert "ns/i2" not in cache.ingresses and len(cache.ingresses) == 9 and len(cache.clusters) == 9
 
 
 def test_the_kourier_baseline_inlines_endpoints_and_re_versions_everything() -> None:
-    config = baseline.inline_endpoints(translate(world(docs()), GatewaySettings()))
+    config = baseline.inline_endpoints(translate(world(docs()), GatewaySettings(route_layout=KOURIER_LAYOUT)))
     assert config.encoded[ENDPOINT] == ()
     clusters = [cluster_pb2.Cluster.FromString(e.data) for e in config.encoded[CLUSTER]]
     assert clusters and all(c.type == cluster_pb2.Cluster.STATIC and c.load_assignment.endpoints[0].lb_endpoints for c in clusters)

@@ -8,10 +8,11 @@ from typing import Any
 
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from kxds.settings import SCOPED_LAYOUT, GatewaySettings
+from kxds.settings import KOURIER_LAYOUT, SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import scopes
 from kxds.translate.gateway import RECONCILE_FAILED, GatewayConfig, TranslationCache, translate
 from kxds.xds import stream as xs
@@ -51,7 +52,7 @@ def test_each_ingress_has_its_own_route_configurations_and_a_scope_per_listener_
     assert {d for v in routes["internal_services/ns/i0"].virtual_hosts for d in v.domains if not d.endswith(":*")} == {
         "h0.example.com", "h0.ns", "h0.ns.svc", "h0.ns.svc.cluster.local"
     }
-    assert routes["external_services/ns/i0"].request_headers_to_remove == [scopes.LISTENER_HEADER]
+    assert routes["external_services/ns/i0"].request_headers_to_remove == [scopes.LISTENER_HEADER, scopes.HOST_HEADER]
     assert routes["external_services/ns/i0"].validate_clusters.value
     found = {name: ([f.string_key for f in s.key.fragments], s.route_configuration_name) for name, s in decoded_scopes(config).items()}
     assert found["external_services/h0.example.com"] == (["external_services", "h0.example.com"], "external_services/ns/i0")
@@ -71,8 +72,13 @@ def test_plain_listeners_route_by_scope_and_mark_their_requests_first() -> None:
         assert manager.WhichOneof("route_specifier") == "scoped_routes"
         table = manager.scoped_routes.name
         fragments = manager.scoped_routes.scope_key_builder.fragments
-        assert [f.header_value_extractor.name for f in fragments] == [scopes.LISTENER_HEADER, ":authority"]
-        assert fragments[1].header_value_extractor.element_separator == ":"  # the port never takes part
+        assert [f.header_value_extractor.name for f in fragments] == [scopes.LISTENER_HEADER, scopes.HOST_HEADER]
+        # The host fragment is written by the first HTTP filter: lower-cased, without the port.
+        first = manager.http_filters[0]
+        lua = lua_pb2.Lua()
+        first.typed_config.Unpack(lua)
+        assert first.name == scopes.LUA_FILTER and f'replace("{scopes.HOST_HEADER}", string.lower(host))' in lua.default_source_code.inline_string
+        assert manager.http_filters[-1].name == "envoy.filters.http.router"
         (mark,) = manager.early_header_mutation_extensions
         mutation = header_mutation_pb2.HeaderMutation()
         mark.typed_config.Unpack(mutation)
@@ -92,17 +98,21 @@ def test_an_ingress_change_changes_only_its_own_route_configuration() -> None:
     assert {n for n in after if after[n] != before[n]} == {"external_services/ns/i0", "internal_services/ns/i0"}
 
 
-def test_a_wildcard_host_cannot_be_scoped_and_says_so() -> None:
-    objects = [*docs(count=1), ingress("wild", rule(["*.example.com"], path(split("s0"))))]
+def test_a_wildcard_host_or_a_rule_without_hosts_cannot_be_scoped_and_says_which() -> None:
+    objects = [*docs(count=1), ingress("wild", rule(["a.example.com"], path(split("s0"))), rule(["b.example.com", "*.example.com"], path(split("s0")))),
+               ingress("every", rule([], path(split("s0"))))]
     config = translate(world(objects), SCOPED)
     outcome = config.outcomes["ns/wild"]
     assert (outcome.programmed, outcome.reason) == (False, RECONCILE_FAILED)
-    assert "'*.example.com'" in outcome.message and "scoped" in outcome.message
+    assert outcome.message.startswith("spec.rules[1].hosts[1]: '*.example.com': the scoped route layout (the default) routes exact hosts only")
+    assert "--route-layout=kourier" in outcome.message
+    assert config.outcomes["ns/every"].message.startswith("spec.rules[0].hosts: empty (every host)")
     assert config.outcomes["ns/i0"].programmed
 
 
-def test_the_kourier_layout_is_unchanged_by_default() -> None:
-    config = translate(world(docs()), GatewaySettings())
+def test_the_scoped_layout_is_the_default_and_the_kourier_layout_is_kouriers() -> None:
+    assert GatewaySettings().route_layout == SCOPED_LAYOUT
+    config = translate(world(docs()), GatewaySettings(route_layout=KOURIER_LAYOUT))
     assert SCOPED_ROUTE not in config.encoded
     assert sorted(r.name for r in config.route_configs) == ["external_services", "internal_services"]
 

@@ -12,7 +12,7 @@ import pytest
 from kxds.controller import build_world
 from kxds.model.objects import Filters, parse_object
 from kxds.render import render
-from kxds.settings import DEFAULT_INGRESS_CLASS, GatewaySettings
+from kxds.settings import DEFAULT_INGRESS_CLASS, KOURIER_LAYOUT, GatewaySettings
 from kxds.translate.gateway import BACKEND_NOT_FOUND, DOMAIN_CONFLICT, GatewayConfig, translate
 from tests.builders import backend, endpoint_slice, ingress, path, rule, service, split
 
@@ -22,7 +22,7 @@ FILTERS = Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative
 
 
 def test_golden_serving_example() -> None:
-    rendered = render(ROOT / "examples", GatewaySettings(), DEFAULT_INGRESS_CLASS, "knative-serving")
+    rendered = render(ROOT / "examples", GatewaySettings(route_layout=KOURIER_LAYOUT), DEFAULT_INGRESS_CLASS, "knative-serving")
     text = json.dumps(rendered, indent=1, sort_keys=True) + "\n"
     if os.environ.get("KXDS_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
@@ -31,7 +31,7 @@ def test_golden_serving_example() -> None:
 
 def run(*docs: dict[str, Any], gateway: GatewaySettings | None = None) -> GatewayConfig:
     parsed = [parse_object(d, FILTERS) for d in docs]
-    return translate(build_world(p[1] for p in parsed if p is not None), gateway or GatewaySettings())
+    return translate(build_world(p[1] for p in parsed if p is not None), gateway or GatewaySettings(route_layout=KOURIER_LAYOUT))
 
 
 def vhosts(config: GatewayConfig, route_config: str) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def test_redirected_only_external_ip_rules_and_only_when_enabled(disabled: bool)
     config = run(
         ingress("i", rule(["pub.example.com"], path(split("a"))), rule(["a.ns"], path(split("a")), visibility="ClusterLocal"), httpOption="Redirected"),
         *backend("a", 8001),
-        gateway=GatewaySettings(http_option_disabled=disabled),
+        gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, http_option_disabled=disabled),
     )
     for name in ("external_services", "internal_services"):
         route = vhosts(config, name)["pub.example.com"].routes[-1]
@@ -186,7 +186,7 @@ def test_status_vhost_routes_to_the_admin_cluster() -> None:
 
 
 def test_listeners_are_kourier_shaped() -> None:
-    config = run(gateway=GatewaySettings(listen_address="127.0.0.1"))
+    config = run(gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, listen_address="127.0.0.1"))
     assert [(listener.name, listener.address.socket_address.address) for listener in config.listeners] == [
         ("listener_8080", "127.0.0.1"), ("listener_8081", "127.0.0.1"), ("listener_8090", "127.0.0.1"),
     ]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from kxds.settings import GatewaySettings
+from kxds.settings import KOURIER_LAYOUT, GatewaySettings
 from kxds.translate.gateway import GatewayConfig
 from kxds.resources import ENDPOINT, SECRET
 from tests.builders import backend, ingress, path, rule, split
@@ -105,9 +105,9 @@ def test_default_certificates() -> None:
 
 def test_default_certificate_from_the_environment_and_its_problems() -> None:
     docs = [ingress("i", rule(["i.example.com"], path(split("a")))), *backend("a", 8001)]
-    fine = run(*docs, cert_secret("env-cert", "*.example.com", "certs"), gateway=GatewaySettings(default_certificate="certs/env-cert"))
+    fine = run(*docs, cert_secret("env-cert", "*.example.com", "certs"), gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, default_certificate="certs/env-cert"))
     assert chains(fine, 8443) == [([], "certs/env-cert")]
-    broken = run(*docs, gateway=GatewaySettings(default_certificate="certs/env-cert"))
+    broken = run(*docs, gateway=GatewaySettings(route_layout=KOURIER_LAYOUT, default_certificate="certs/env-cert"))
     assert broken.problems == ("config-kourier certs-secret-name/certs-secret-namespace: Secret certs/env-cert not found; that default certificate is not served",)
     assert not any(lis.name == "listener_8443" for lis in broken.listeners)
 
