@@ -14,9 +14,15 @@ def _split(namespace: str, revision: str, percent: int) -> dict[str, Any]:
             "appendHeaders": {"Knative-Serving-Revision": revision, "Knative-Serving-Namespace": namespace}}
 
 
-def ingress(i: int, namespace: str = "bench", generation: int = 1, marker: str = "") -> dict[str, Any]:
+def revision(i: int, r: int) -> str:
+    return f"svc{i}-{r:05d}"
+
+
+def ingress(i: int, namespace: str = "bench", generation: int = 1, marker: str = "", latest: int = 2) -> dict[str, Any]:
+    """Knative Service i's Ingress; `latest` is its newest revision: 90 % to the one before it,
+    10 % and the `canary` tag to it (a rollout moves both forward)."""
     name = f"svc{i}"
-    first, second = f"{name}-00001", f"{name}-00002"
+    first, second = revision(i, latest - 1), revision(i, latest)
     paths = [
         {"headers": {"Knative-Serving-Tag": {"exact": "canary"}}, "splits": [_split(namespace, second, 100)],
          "appendHeaders": {"Knative-Serving-Tag": "canary"}},
@@ -37,13 +43,15 @@ def ingress(i: int, namespace: str = "bench", generation: int = 1, marker: str =
     }
 
 
-def revision_objects(i: int, backend_ports: list[int], namespace: str = "bench") -> list[dict[str, Any]]:
+def revision_objects(i: int, backend_ports: list[int], namespace: str = "bench", revisions: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
+    """Each revision's Service and EndpointSlice (Knative Serving creates one private Service per revision)."""
     out = []
-    for r, revision in enumerate((f"svc{i}-00001", f"svc{i}-00002")):
-        port = backend_ports[(2 * i + r) % len(backend_ports)]
-        out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": revision, "namespace": namespace},
+    for r in revisions:
+        name = revision(i, r)
+        port = backend_ports[(2 * i + r - 1) % len(backend_ports)]
+        out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
                     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012}]}})
-        out.append(endpoint_slice(revision, port, namespace))
+        out.append(endpoint_slice(name, port, namespace))
     return out
 
 

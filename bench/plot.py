@@ -1,5 +1,5 @@
-"""The benchmark's PNG: change and endpoint-flip latency (p95), kxds CPU per change and cold
-translate, by number of Ingresses, one line per mode, with the issue's targets drawn in.
+"""The benchmark's PNG: each life-cycle event's p95 latency, kxds CPU per event and cold
+translate, by number of Ingresses, one line per mode, with the targets at 10,000 drawn in.
 
     .venv/bin/python -m bench.plot bench/results/<stamp>.json [out.png]
 """
@@ -13,10 +13,14 @@ from typing import Any
 
 # (title, how to read a result, target at 10,000 Ingresses)
 PANELS: tuple[tuple[str, str, float], ...] = (
-    ("Ingress change → visible through Envoy, p95 (ms)", "ingress_change.p95_ms", 250),
-    ("Endpoint flip → traffic on the new endpoint, p95 (ms)", "endpoint_flip.p95_ms", 100),
-    ("kxds CPU per change (ms)", "cpu_per_change_ms", 20),
-    ("Cold translate + first snapshot (s)", "first_translate_s", 3),
+    ("Create a Knative Service → answers, p95 (ms)", "create.p95_ms", 100),
+    ("Roll out a revision → traffic on it, p95 (ms)", "rollout.p95_ms", 100),
+    ("Delete a Knative Service → 404, p95 (ms)", "delete.p95_ms", 100),
+    ("Edit in place → visible, p95 (ms)", "ingress_change.p95_ms", 50),
+    ("Endpoint flip → traffic on the new endpoint, p95 (ms)", "endpoint_flip.p95_ms", 50),
+    ("kxds CPU per life-cycle event (ms)", "cpu_per_life_cycle_event_ms", 10),
+    ("Cold translate + first snapshot (s)", "first_translate_s", 2),
+    ("kxds RSS (MiB)", "kxds_rss_mib", 350),
 )
 
 
@@ -33,7 +37,7 @@ def plot(results: list[dict[str, Any]], out: Path, title: str = "") -> None:
     matplotlib.use("Agg")  # no display: files only
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(2, 2, figsize=(12, 8))
+    figure, axes = pyplot.subplots(2, 4, figsize=(22, 8))
     modes = list(dict.fromkeys(r["mode"] for r in results))
     for axis, (label, path, target) in zip(axes.flat, PANELS):
         for mode in modes:

@@ -2,12 +2,15 @@
 
     .venv/bin/python -m bench.run [--sizes 1000,5000,10000] [--changes 30]
 
-For each N it measures: cold start (process start → primed and serving; the translate + first
-snapshot part alone from kxds's own log), the time until Envoy has every Ingress (every Ingress
-ACKed, and spot-checked with requests), a single Ingress change until a request through Envoy sees
-the new header, an endpoint flip until traffic reaches the new endpoint (both p50/p95/max), kxds
-CPU time per change, kxds RSS and Envoy's heap. Results go to bench/results/ as JSON, Markdown
-and a PNG plot (bench/plot.py).
+For each N and mode (default: `kxds serve` and `kxds bootstrap` with no flags; sotw; kourier-layout;
+kourier, the Kourier-algorithm baseline) it measures through a real Envoy, p50/p95/max over
+`--changes` events each: a Knative Service created (Ingress, two revision Services and their
+EndpointSlices) until it answers, a revision rolled out until its traffic reaches it, a Knative
+Service deleted until 404, an Ingress edited in place until the new header shows, an endpoint flip
+until traffic reaches the new endpoint; plus cold start (process start → primed and serving; the
+translate + first snapshot part alone from kxds's own log), the time until Envoy has every Ingress,
+kxds CPU per event, kxds RSS and Envoy's heap. Results go to bench/results/ as JSON, Markdown and
+a PNG plot (bench/plot.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from bench.generate import endpoint_slice, host, ingress, revision_objects
+from bench.generate import endpoint_slice, host, ingress, revision, revision_objects
 from bench.plot import plot
 from kxds.bootstrap import XdsClientPki, render_bootstrap
 from kxds.envoy_process import start_envoy
@@ -49,10 +52,10 @@ def wait(check: Any, timeout: float, interval: float = 0.01) -> float:
     return time.monotonic() - started
 
 
-def get(port: int, host_name: str) -> tuple[int, dict[str, Any]]:
+def get(port: int, host_name: str, **headers: str) -> tuple[int, dict[str, Any]]:
     connection = http.client.HTTPConnection(LOCAL, port, timeout=5)
     try:
-        connection.request("GET", "/", headers={"Host": host_name})
+        connection.request("GET", "/", headers={"Host": host_name, **headers})
         response = connection.getresponse()
         body = response.read()
         return response.status, json.loads(body) if response.status == 200 else {}
@@ -95,7 +98,53 @@ def write(path: Path, docs: list[dict[str, Any]]) -> None:
     os.replace(temp, path)
 
 
-def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim_stats: bool = False, mode: str = "sotw") -> dict[str, Any]:
+# What each mode runs: kxds serve's extra flags, and whether the gateway speaks delta xDS.
+MODES: dict[str, tuple[list[str], bool]] = {
+    "default": ([], True),  # `kxds serve` and `kxds bootstrap` with no flags: scoped routes, delta xDS
+    "sotw": ([], False),  # the defaults with a Kourier-shaped state-of-the-world gateway
+    "kourier-layout": (["--route-layout", "kourier"], True),  # Kourier's two route configurations
+    "kourier": (["--route-layout", "kourier", "--kourier-algorithm"], False),  # the baseline: Kourier's algorithm
+}
+
+
+def revision_header(port: int, host_name: str) -> str:
+    """The revision the `canary` tag (always the newest revision) reaches."""
+    headers = get(port, host_name, **{"Knative-Serving-Tag": "canary"})[1].get("request", {}).get("headers", {})
+    return str(headers.get("Knative-Serving-Revision", [""])[0])
+
+
+def life_cycle(n: int, changes: int, source: Path, ports: dict[str, int], backend_ports: list[int], kxds_pid: int) -> dict[str, Any]:
+    """Knative Services created (Ingress, two revision Services and their EndpointSlices) until
+    they answer, rolled out (a third revision's Service and slice, then the Ingress moved to it)
+    until its traffic reaches the new revision, and deleted until 404."""
+    create, rollout, delete = [], [], []
+    cpu_before = proc_cpu_seconds(kxds_pid)
+    for k in range(changes):
+        i = n + k
+        t0 = time.monotonic()
+        write(source / f"ksvc-{k}.yaml", [ingress(i), *revision_objects(i, backend_ports)])
+        wait(lambda i=i: get(ports["external"], host(i))[0] == 200, 120, 0.002)
+        create.append(time.monotonic() - t0)
+    for k in range(changes):
+        i = n + k
+        t0 = time.monotonic()
+        write(source / f"revision-{k}.yaml", revision_objects(i, backend_ports, revisions=(3,)))
+        write(source / f"ksvc-{k}.yaml", [ingress(i, generation=2, latest=3), *revision_objects(i, backend_ports)])
+        wait(lambda i=i: revision_header(ports["external"], host(i)) == revision(i, 3), 120, 0.002)
+        rollout.append(time.monotonic() - t0)
+    for k in range(changes):
+        i = n + k
+        t0 = time.monotonic()
+        (source / f"ksvc-{k}.yaml").unlink()
+        (source / f"revision-{k}.yaml").unlink()
+        wait(lambda i=i: get(ports["external"], host(i))[0] == 404, 120, 0.002)
+        delete.append(time.monotonic() - t0)
+    cpu = proc_cpu_seconds(kxds_pid) - cpu_before
+    return {"create": percentiles(create), "rollout": percentiles(rollout), "delete": percentiles(delete),
+            "cpu_per_life_cycle_event_ms": round(cpu / (3 * changes) * 1000, 1)}
+
+
+def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim_stats: bool = False, mode: str = "default") -> dict[str, Any]:
     workdir = workdir / mode
     workdir.mkdir(exist_ok=True)
     source = workdir / f"source-{n}"
@@ -115,7 +164,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
              "--admin-address", f"{LOCAL}:{ports['admin']}", "--listen-address", LOCAL, "--external-http-port", str(ports["external"]),
              "--internal-http-port", str(ports["internal"]), "--probe-http-port", str(ports["probe"]), "--log-level", "info",
              "--xds-pki-dir", str(workdir / "pki"),  # the default: mutual TLS with kxds's own CA
-             *(["--kourier-algorithm"] if mode == "kourier" else []), *(["--route-layout", "scoped"] if mode.endswith("-scoped") else [])],
+             *MODES[mode][0]],
             stdout=log, stderr=subprocess.STDOUT,
         )
     envoy = None
@@ -123,7 +172,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
         cold = wait(lambda: connectable(ports["admin"]), 600, 0.05)
         kxds_cpu_primed = proc_cpu_seconds(kxds.pid)
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
-        bootstrap = render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=mode.startswith("delta"),
+        bootstrap = render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=MODES[mode][1],
                                      tls=XdsClientPki(directory=str(workdir / "pki" / "gateway")))
         envoy = start_envoy(bootstrap, workdir / f"envoy-{n}", log=envoy_log)
 
@@ -158,6 +207,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
             # svc0-00001 takes 90%: poll until a response comes from the new endpoint.
             wait(lambda t=target: get(ports["external"], host(0))[1].get("server", {}).get("port") == t, 60, 0.002)
             flip_latencies.append(time.monotonic() - t0)
+        events = life_cycle(n, changes, source, ports, backend_ports, kxds.pid)
         memory = admin_json(ports["envoy_admin"], "/memory")
         built = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{") and '"snapshot.built"' in line]
         return {
@@ -173,6 +223,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
             "ingress_change": percentiles(change_latencies),
             "endpoint_flip": percentiles(flip_latencies),
             "cpu_per_change_ms": round(cpu_changes / changes * 1000, 1),
+            **events,
             "kxds_rss_mib": round(proc_rss_mib(kxds.pid), 1),
             "envoy_heap_mib": round(int(memory["heap_size"]) / 2**20, 1),
             "envoy_allocated_mib": round(int(memory["allocated"]) / 2**20, 1),
@@ -193,26 +244,35 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         f"Command: `{command}` on {platform.machine()}, {os.cpu_count()} cores"
         f"{'; Envoy with --trim-stats' if results and results[0].get('envoy_trimmed_stats') else ''}.",
         "",
-        "| Ingresses | xDS | cold start → serving | first translate | Envoy has all | change p50 / p95 / max | endpoint flip p50 / p95 / max | CPU per change | kxds RSS | Envoy heap |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Each event p50 / p95 / max in ms, until a request through Envoy shows it. Modes: default = `kxds serve` and `kxds bootstrap` "
+        "with no flags (scoped routes, delta xDS); sotw = the defaults with a state-of-the-world gateway; kourier-layout = "
+        "`--route-layout kourier`; kourier = the Kourier-algorithm baseline.",
+        "",
+        "| Ingresses | mode | create a ksvc | roll out a revision | delete a ksvc | edit in place | endpoint flip | CPU per life-cycle event "
+        "| cold start → serving | first translate | Envoy has all | kxds RSS | Envoy heap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(p: dict[str, float]) -> str:
+        return f"{p['p50_ms']:g} / {p['p95_ms']:g} / {p['max_ms']:g}"
+
     for r in results:
-        c, f = r["ingress_change"], r["endpoint_flip"]
         lines.append(
-            f"| {r['ingresses']:,} | {r.get('mode', 'sotw')} | {r['cold_start_s']} s | {r['first_translate_s']} s | {r['envoy_routes_all_s']} s after Envoy start "
-            f"| {c['p50_ms']} / {c['p95_ms']} / {c['max_ms']} ms | {f['p50_ms']} / {f['p95_ms']} / {f['max_ms']} ms "
-            f"| {r['cpu_per_change_ms']} ms | {r['kxds_rss_mib']} MiB | {r['envoy_heap_mib']} MiB |"
+            f"| {r['ingresses']:,} | {r['mode']} | {cell(r['create'])} | {cell(r['rollout'])} | {cell(r['delete'])} | {cell(r['ingress_change'])} "
+            f"| {cell(r['endpoint_flip'])} | {r['cpu_per_life_cycle_event_ms']} ms | {r['cold_start_s']} s | {r['first_translate_s']} s "
+            f"| {r['envoy_routes_all_s']} s after Envoy start | {r['kxds_rss_mib']} MiB | {r['envoy_heap_mib']} MiB |"
         )
     by_size: dict[int, dict[str, dict[str, Any]]] = {}
     for r in results:
-        by_size.setdefault(r["ingresses"], {})[r.get("mode", "sotw")] = r
+        by_size.setdefault(r["ingresses"], {})[r["mode"]] = r
     ratios = [
-        f"{n:,}: {delta} change {m[delta]['ingress_change']['p95_ms'] / m['kourier']['ingress_change']['p95_ms']:.3f}, "
-        f"endpoint flip {m[delta]['endpoint_flip']['p95_ms'] / m['kourier']['endpoint_flip']['p95_ms']:.3f}"
-        for n, m in by_size.items() for delta in ("delta", "delta-scoped") if delta in m and "kourier" in m
+        f"{n:,}: create {m['default']['create']['p95_ms'] / m['kourier']['create']['p95_ms']:.3f}, "
+        f"rollout {m['default']['rollout']['p95_ms'] / m['kourier']['rollout']['p95_ms']:.3f}, "
+        f"delete {m['default']['delete']['p95_ms'] / m['kourier']['delete']['p95_ms']:.3f}"
+        for n, m in by_size.items() if "default" in m and "kourier" in m
     ]
     if ratios:
-        lines += ["", "Delta p95 ÷ Kourier-algorithm p95 (same run): " + "; ".join(ratios) + "."]
+        lines += ["", "Defaults p95 ÷ Kourier-algorithm p95 (same run): " + "; ".join(ratios) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -223,9 +283,9 @@ def main() -> int:
     parser.add_argument("--backends", type=int, default=3)
     parser.add_argument("--trim-stats", action="store_true", help="bootstrap Envoy with kxds bootstrap --trim-stats")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and Markdown go")
-    parser.add_argument("--modes", default="sotw,delta,delta-scoped,kourier",
-                        help="variants measured side by side: sotw, delta (Kourier's route layout), sotw-scoped, delta-scoped "
-                             "(--route-layout=scoped), kourier (the baseline: Kourier's full rebuild and push, inline endpoints)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="variants measured side by side: default (no flags), sotw (a state-of-the-world gateway), kourier-layout "
+                             "(--route-layout kourier), kourier (the baseline: Kourier's full rebuild and push, inline endpoints)")
     args = parser.parse_args()
     command = "python -m bench.run " + " ".join(sys.argv[1:])
     backends = Backends()

@@ -1,0 +1,217 @@
+"""The life-cycle benchmark through the Kubernetes source: kmock's emulator as the API server (the
+one the tests use), driven through the official `kubernetes` client; `kxds serve --kubernetes` with
+its defaults; a real Envoy.
+
+    .venv/bin/python -m bench.kube [--sizes 100,1000] [--events 30]
+
+For each N: N Knative Services loaded, then `--events` times each: create a Knative Service (two
+revision Services, their EndpointSlices, then the Ingress, as Serving does) until it answers through
+Envoy and until its status says Ready (what `kn service create` waits for, seen by a watch); delete
+it until 404. The emulator's own latency per API call is measured beside, since it is not kxds's:
+each create is five calls, made one after the other, before kxds can see the Ingress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kmock import Server
+from kubernetes import client, watch
+
+from bench.generate import host, ingress, revision_objects
+from bench.run import RESULTS, get, percentiles, proc_cpu_seconds, proc_rss_mib, wait
+from tests.e2e.harness import Backends, ControlPlane, Gateway, ListenerPorts
+from tests.kube.emulator import VersionedEmulator
+from tests.kube.test_kubernetes_mode import GROUP, PLURAL, VERSION, kubeconfig
+
+NS = "bench"
+KINDS = ("v1/services", "v1/secrets", "v1/configmaps", "v1/events", "discovery.k8s.io/v1/endpointslices",
+         "coordination.k8s.io/v1/leases", f"{GROUP}/{VERSION}/{PLURAL}")
+
+
+@contextmanager
+def emulated_cluster() -> Iterator[str]:
+    """The emulator on an event loop of its own thread; yields its URL."""
+    loop = asyncio.new_event_loop()
+    started, stop = threading.Event(), asyncio.Event()
+    url: list[str] = []
+
+    async def serve() -> None:
+        async with VersionedEmulator() as emulator, Server(emulator) as server:
+            for kind in KINDS:
+                emulator.resources[kind] = {"namespaced": True}
+            url.append(str(server.url).rstrip("/"))
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    started.wait(30)
+    try:
+        yield url[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
+class Api:
+    def __init__(self, url: str) -> None:
+        self.client = client.ApiClient(client.Configuration(host=url))
+        self.core, self.discovery = client.CoreV1Api(self.client), client.DiscoveryV1Api(self.client)
+        self.custom = client.CustomObjectsApi(self.client)
+        self.calls: list[float] = []
+
+    def timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.monotonic()
+        result = fn(*args)
+        self.calls.append(time.monotonic() - t0)
+        return result
+
+    def create(self, doc: dict[str, Any]) -> None:
+        match doc["kind"]:
+            case "Service":
+                self.timed(self.core.create_namespaced_service, NS, doc)
+            case "EndpointSlice":
+                self.timed(self.discovery.create_namespaced_endpoint_slice, NS, doc)
+            case "Ingress":
+                self.timed(self.custom.create_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, doc)
+
+    def create_ksvc(self, i: int, backend_ports: list[int]) -> None:
+        for doc in revision_objects(i, backend_ports):
+            self.create(doc)
+        self.create(ingress(i))
+
+    def delete_ksvc(self, i: int) -> None:
+        self.timed(self.custom.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, f"svc{i}")
+
+
+def ready_watch(api: Api, ready_at: dict[str, float], stop: threading.Event) -> None:
+    """When each Ingress's status first says Ready (observedGeneration 1), as a watch sees it."""
+    while not stop.is_set():
+        stream = watch.Watch().stream(api.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, timeout_seconds=5)
+        for event in stream:
+            obj = event["object"]
+            status = obj.get("status") or {}
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+                ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
+            if stop.is_set():
+                return
+
+
+def run_size(n: int, events: int, workdir: Path, backends: Backends, backend_ports: list[int]) -> dict[str, Any]:
+    with emulated_cluster() as url:
+        api = Api(url)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:  # the load itself is not what is measured
+            list(pool.map(lambda i: api.create_ksvc(i, backend_ports), range(n)))
+        load_s = time.monotonic() - t0
+        config = kubeconfig(workdir / "kubeconfig", url)
+        ports = ListenerPorts()
+        started = time.monotonic()
+        plane = ControlPlane(workdir, ports, ["--kubernetes", "--context", "kmock", "--log-level", "info"], env={"KUBECONFIG": str(config)})
+        cold_s = time.monotonic() - started
+        gateway = Gateway(workdir, plane)
+        ready_at: dict[str, float] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=ready_watch, args=(api, ready_at, stop), daemon=True)
+        watcher.start()
+        try:
+            all_ready_s = wait(lambda: len(ready_at) >= n, 1800, 0.1)
+            api.calls.clear()
+            cpu_before = proc_cpu_seconds(plane.process.pid)
+            routable, ready, gone = [], [], []
+            for k in range(events):
+                i = n + k
+                t0 = time.monotonic()
+                api.create_ksvc(i, backend_ports)
+                wait(lambda i=i: get(ports.external, host(i))[0] == 200, 120, 0.002)
+                routable.append(time.monotonic() - t0)
+                wait(lambda i=i: f"svc{i}" in ready_at, 120, 0.002)
+                ready.append(ready_at[f"svc{i}"] - t0)
+            for k in range(events):
+                i = n + k
+                t0 = time.monotonic()
+                api.delete_ksvc(i)
+                wait(lambda i=i: get(ports.external, host(i))[0] == 404, 120, 0.002)
+                gone.append(time.monotonic() - t0)
+            cpu = proc_cpu_seconds(plane.process.pid) - cpu_before
+            per_call = api.calls[:]
+            return {
+                "source": "kubernetes (kmock emulator)",
+                "ingresses": n,
+                "emulator_load_s": round(load_s, 1),
+                "cold_start_s": round(cold_s, 2),
+                "all_statuses_ready_s": round(all_ready_s, 2),
+                "create_routable": percentiles(routable),
+                "create_status_ready": percentiles(ready),
+                "delete": percentiles(gone),
+                "emulator_call_ms": {"p50": round(statistics.median(per_call) * 1000, 1), "max": round(max(per_call) * 1000, 1),
+                                     "calls_per_create": 5},
+                "cpu_per_event_ms": round(cpu / (2 * events) * 1000, 1),
+                "kxds_rss_mib": round(proc_rss_mib(plane.process.pid), 1),
+            }
+        finally:
+            stop.set()
+            gateway.stop()
+            plane.stop()
+            api.client.close()
+
+
+def markdown(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        f"Command: `{command}`. Kubernetes source: kmock's emulator through the official client; kxds and `kxds bootstrap` defaults.",
+        "Each figure p50 / p95 / max in ms from the first API call of the event (a create is five calls, one after the other).",
+        "",
+        "| Ingresses | create → routable | create → status Ready | delete → 404 | emulator per call p50 / max | all statuses Ready after start "
+        "| CPU per event | kxds RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cell = lambda p: f"{p['p50_ms']:g} / {p['p95_ms']:g} / {p['max_ms']:g}"  # noqa: E731
+        e = r["emulator_call_ms"]
+        lines.append(f"| {r['ingresses']:,} | {cell(r['create_routable'])} | {cell(r['create_status_ready'])} | {cell(r['delete'])} "
+                     f"| {e['p50']} / {e['max']} ms | {r['all_statuses_ready_s']} s | {r['cpu_per_event_ms']} ms | {r['kxds_rss_mib']} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kube", description=__doc__)
+    parser.add_argument("--sizes", default="100,1000")
+    parser.add_argument("--events", type=int, default=30)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    command = "python -m bench.kube " + " ".join(sys.argv[1:])
+    backends = Backends()
+    backend_ports = [backends.start(f"backend-{n}") for n in range(3)]
+    results = []
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            with tempfile.TemporaryDirectory(prefix="kxds-bench-kube-") as workdir:
+                result = run_size(n, args.events, Path(workdir), backends, backend_ports)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    finally:
+        backends.close()
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.results / f"kube-{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    table = markdown(results, command)
+    (args.results / "kube-latest.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
