@@ -12,7 +12,6 @@ vhost) — asks for a full translation instead. Pure: no I/O, no logging. The pr
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -37,7 +36,6 @@ from kxds.translate.gateway import (
     Outcome,
     Plan,
     TranslationCache,
-    claimed_hosts,
     cluster_entry,
     merged,
     precedence,
@@ -46,6 +44,7 @@ from kxds.translate.gateway import (
 from kxds.xds.snapshot import NONE, Resource, Snapshot
 
 from kxds.engine.assemble import build_snapshot
+from kxds.engine.claims import Claims
 
 # Applied to every resource served, by type URL (test-only faults provoke real NACKs with it).
 Transform = Callable[[str, Encoded], Encoded]
@@ -96,9 +95,7 @@ class Engine:
         self._pending = _Pending()
         # Indexes of what is served, set by a full translation and kept by every step.
         self.entries: dict[str, Entry] = {}
-        self._hosts: dict[str, frozenset[str]] = {}  # Ingress → hosts it claims
-        self._contenders: dict[str, set[str]] = {}  # host → Ingresses claiming it
-        self._winners: set[str] = set()  # Ingresses that own their hosts (no domain conflict)
+        self._claims = Claims()  # host → contending Ingresses, and which own their hosts
         self._users: dict[str, set[str]] = {}  # Service key → Ingresses naming it
         self._cluster_users: dict[str, set[str]] = {}  # cluster → programmed Ingresses with it as a backend
         self._cluster_routes: dict[str, set[str]] = {}  # cluster → programmed Ingresses whose routes name it
@@ -197,7 +194,7 @@ class Engine:
         return bool(kourier.certs_secret_name or kourier.cluster_cert_secret or self.gateway.default_certificate)
 
     def _index(self, world: World, config: GatewayConfig) -> None:
-        self.entries, self._hosts, self._contenders, self._winners, self._users = {}, {}, {}, set(), {}
+        self.entries, self._claims, self._users = {}, Claims(), {}
         self._cluster_users, self._cluster_routes, self._tls_secrets = {}, {}, set()
         for ingress in world.ingresses:
             outcome = config.outcomes[ingress.key]
@@ -205,9 +202,7 @@ class Engine:
             won = outcome.reason != DOMAIN_CONFLICT
             entry = Entry(ingress, outcome, cached[1] if won and cached is not None else None)
             self.entries[ingress.key] = entry
-            self._claim(ingress.key, claimed_hosts(ingress))
-            if won:
-                self._winners.add(ingress.key)
+            self._claims.add(ingress, won=won)
             self._use(ingress.key, ingress, None)
             self._serve(ingress.key, entry, None)
         self._backends = {}
@@ -232,7 +227,7 @@ class Engine:
             if (before is not None and before.ingress.tls) or (now is not None and now.tls):
                 return None  # HTTPS route configurations hold every TLS vhost
         self._pending = _Pending(full=False)
-        touched |= self._reclaim(pending.ingresses)
+        touched |= self._claims.reclaim(pending.ingresses, self._ingresses)
         world = World(services=self._services, secrets=self._secrets, kourier=self._kourier, network=self._network)
         plan = Plan(world, self.gateway, self.cache)
         moved: dict[str, Entry | None] = {}
@@ -255,7 +250,8 @@ class Engine:
                     clusters |= old_or_new.result.backends.keys()
             self._routes(before, entry, changes)
         ca = plan.upstream_ca[0] if plan.upstream_ca is not None else None
-        had_upstream_tls = any(b.upstream_tls for b in self._backends.values())
+        # Only with system-internal-tls does the CA secret come and go with the clusters using it.
+        had_upstream_tls = ca is not None and any(b.upstream_tls for b in self._backends.values())
         for name in sorted(clusters):
             self._cluster(name, ca, previous, changes)
         for service in sorted(pending.endpoints):
@@ -268,68 +264,12 @@ class Engine:
         snapshot = previous.with_changes(serial, {t: c for t, c in changes.items() if c})
         return Step(snapshot, moved, routes=len(changes[ROUTE]), clusters=len(changes[CLUSTER]), assignments=len(changes[ENDPOINT]))
 
-    def _reclaim(self, changed: set[str]) -> set[str]:
-        """Re-decide domain conflicts around these Ingresses; returns every Ingress whose claim
-        may have moved. An Ingress wins its hosts unless an earlier winner holds one of them, so a
-        change ripples only along Ingresses sharing hosts, in precedence order."""
-        reached: set[str] = set()
-        for key in changed:
-            now = self._ingresses.get(key)
-            hosts = claimed_hosts(now) if now is not None else frozenset()
-            before = self._hosts.get(key, frozenset())
-            self._unclaim(key, before - hosts)
-            self._claim(key, hosts - before)
-            reached |= before | hosts
-            if now is None:
-                self._winners.discard(key)
-        queue = [(precedence(self._ingresses[other]), other) for host in reached for other in self._contenders.get(host, ())]
-        heapq.heapify(queue)
-        flipped = set(changed)
-        done: set[str] = set()
-        while queue:
-            rank, key = heapq.heappop(queue)
-            if key in done:
-                continue
-            done.add(key)
-            hosts = self._hosts.get(key, frozenset())
-            wins = not any(other != key and other in self._winners and precedence(self._ingresses[other]) < rank
-                           for host in hosts for other in self._contenders[host])
-            if wins == (key in self._winners) and key not in changed:
-                continue
-            flipped.add(key)
-            (self._winners.add if wins else self._winners.discard)(key)
-            for host in hosts:
-                for other in self._contenders[host]:
-                    other_rank = precedence(self._ingresses[other])
-                    if other_rank > rank:
-                        heapq.heappush(queue, (other_rank, other))
-        return flipped
-
-    def _claim(self, key: str, hosts: frozenset[str]) -> None:
-        for host in hosts:
-            self._contenders.setdefault(host, set()).add(key)
-        if hosts:
-            self._hosts[key] = self._hosts.get(key, frozenset()) | hosts
-
-    def _unclaim(self, key: str, hosts: frozenset[str]) -> None:
-        for host in hosts:
-            contenders = self._contenders.get(host)
-            if contenders is not None:
-                contenders.discard(key)
-                if not contenders:
-                    del self._contenders[host]
-        left = self._hosts.get(key, frozenset()) - hosts
-        if left:
-            self._hosts[key] = left
-        else:
-            self._hosts.pop(key, None)
-
     def _evaluate(self, key: str, plan: Plan) -> Entry | None:
         """The Ingress's entry as a full translation would give it (same code: `Plan`)."""
         ingress = self._ingresses.get(key)
         if ingress is None:
             return None
-        if key not in self._winners:
+        if not self._claims.wins(key):
             self.cache.ingresses.pop(key, None)
             return Entry(ingress, Outcome(programmed=False, reason=DOMAIN_CONFLICT, message=DOMAIN_CONFLICT_MESSAGE))
         try:

@@ -49,20 +49,21 @@ class DeltaStream(SotwStream):
         return self._delta_pump()
 
     def on_delta_snapshot(self, snapshot: Snapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        self.snapshot = snapshot
+        self._take(snapshot)
         return self._delta_pump()
 
     @staticmethod
     def _delta_subscribe(state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         subscribe, unsubscribe = set(request.resource_names_subscribe), set(request.resource_names_unsubscribe)
         first = not state.named_explicitly and not state.wildcard and not state.names
-        names = (set(state.names) | subscribe) - unsubscribe - {WILDCARD}
+        # An ACK names nothing: the subscription keeps its very set, so what is memoised on it holds.
+        names = state.names if not (subscribe or unsubscribe) else frozenset((state.names | subscribe) - unsubscribe - {WILDCARD})
         # Legacy wildcard: a first request naming nothing subscribes to everything (§5.2).
         state.wildcard = (state.wildcard or WILDCARD in subscribe or (first and not subscribe)) and WILDCARD not in unsubscribe
         state.named_explicitly = state.named_explicitly or bool(names)
         if state.acked is not None and unsubscribe:
             state.acked = _Response(state.acked.version, state.acked.nonce, {n: r for n, r in state.acked.resources.items() if n not in unsubscribe})
-        state.names = frozenset(names)
+        state.names = names
 
     def _delta_pump(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out, idle = [], []

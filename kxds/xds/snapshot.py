@@ -8,7 +8,7 @@ that reconnects to another replica is not re-sent what it already has (xds-proto
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -93,6 +93,12 @@ class Snapshot:
         change = self._changes.get(type_url)
         return change[1] if change is not None and change[0] is held else None
 
+    def derivations(self) -> Iterator[tuple[Mapping[str, Resource], Mapping[str, Resource], frozenset[str]]]:
+        """(this snapshot's mapping of a type, the earlier mapping it was stepped from, the names
+        that changed between them), for each type a step changed."""
+        for type_url, (base, names) in self._changes.items():
+            yield self.of_type(type_url), base, names
+
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, EMPTY)
 
@@ -112,7 +118,8 @@ class Snapshot:
             if not changed:
                 continue
             current = self.of_type(type_url)
-            updated = dict(current)
+            # A mapping proxy's copy is its dict's (a C copy); dict(proxy) would go item by item.
+            updated = current.copy() if isinstance(current, MappingProxyType) else dict(current)
             fold = folds.get(type_url)
             for name, resource in changed.items():
                 old = updated.pop(name, None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from kxds.xds.lineage import Lineage, copied
 from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
@@ -64,13 +65,6 @@ class StaleNonce:
 Event = Sent | Acked | Nacked | StaleNonce
 
 
-def _differing(resources: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
-    """Names in `resources` that `held` lacks or holds at another version, in name order."""
-    if resources is held:
-        return []  # the very mapping the gateway was sent: the common case, free at any size
-    return sorted(n for n, r in resources.items() if n not in held or held[n].version != r.version)
-
-
 @dataclass(frozen=True, slots=True)
 class _Response:
     version: str
@@ -81,21 +75,6 @@ class _Response:
     serial: int = -1
     # The snapshot current when it was sent (even when it carries only part of it).
     sent_serial: int = -1
-    _named: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
-
-    def asked(self, type_url: str) -> frozenset[str]:
-        """Names of that type these resources make a gateway ask for (computed once)."""
-        return self._names("asks", type_url)
-
-    def needed(self, type_url: str) -> frozenset[str]:
-        """Names of that type these resources need in place (computed once)."""
-        return self._names("needs", type_url)
-
-    def _names(self, relation: str, type_url: str) -> frozenset[str]:
-        key = (relation, type_url)
-        if key not in self._named:
-            self._named[key] = frozenset(n for r in self.resources.values() for t, n in getattr(r, relation) if t == type_url)
-        return self._named[key]
 
 
 @dataclass(slots=True)
@@ -117,8 +96,8 @@ class TypeState:
     force: bool = False
     # Newest snapshot whose resources of this type the gateway has applied.
     applied_serial: int = -1
-    # (snapshot mapping, names, whether the names cover all of it): `_requested`'s memo.
-    covered: tuple[Mapping[str, Resource], frozenset[str], bool] | None = None
+    # (snapshot mapping, names, the part of it asked for): `_requested`'s memo.
+    covered: tuple[Mapping[str, Resource], frozenset[str], Mapping[str, Resource]] | None = None
 
     @property
     def acked_resources(self) -> Mapping[str, Resource]:
@@ -134,8 +113,11 @@ class SotwStream:
     types: dict[str, TypeState] = field(default_factory=dict)
     _nonce: int = 0
     _events: list[Event] = field(default_factory=list)
-    # (type URL, id of a response's asked names) → (those names, the names asked for, covered?).
-    _asked_memo: dict[tuple[str, int], tuple[frozenset[str], frozenset[str], bool]] = field(default_factory=dict)
+    # How the mappings this stream holds and sends derive from each other (diffs in O(changed)).
+    _lineage: Lineage = field(default_factory=Lineage)
+    # (type URL, id of a response's asked names) → (those names, the names asked for, the snapshot's
+    # mapping, whether every name of it they name is asked for).
+    _asked_memo: dict[tuple[str, int], tuple[frozenset[str], frozenset[str], Mapping[str, Resource], bool]] = field(default_factory=dict)
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if self.node is None and request.HasField("node"):
@@ -159,8 +141,13 @@ class SotwStream:
         return self._pump()
 
     def on_snapshot(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
-        self.snapshot = snapshot
+        self._take(snapshot)
         return self._pump()
+
+    def _take(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        for mapping, base, names in snapshot.derivations():
+            self._lineage.record(mapping, base, names)
 
     def take_events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -177,19 +164,18 @@ class SotwStream:
         self._events.append(Acked(type_url, state.acked.version))
         if type_url == CLUSTER:
             resources = state.acked.resources
-            modified = [n for n in _differing(resources, previous) if n in previous and (ENDPOINT, n) in resources[n].needs]
+            modified = [n for n in self._lineage.differing(resources, previous) if n in previous and (ENDPOINT, n) in resources[n].needs]
             if modified and ENDPOINT in self.types:
                 self.types[ENDPOINT].force = True
 
     def _reject(self, type_url: str, state: TypeState, message: str) -> None:
         assert state.pending is not None
-        changed = tuple(_differing(state.pending.resources, state.acked_resources))
+        changed = tuple(self._lineage.differing(state.pending.resources, state.acked_resources))
         rejected, state.pending = state.pending, None
         state.rejected_version, state.last_error = rejected.version, message
         self._events.append(Nacked(type_url, rejected.version, message, changed, rejected.sent_serial))
 
-    @staticmethod
-    def _subscribe(state: TypeState, names: Iterable[str], *, prune: bool) -> None:
+    def _subscribe(self, state: TypeState, names: Iterable[str], *, prune: bool) -> None:
         wanted = frozenset(names)
         explicit = wanted - {WILDCARD} if WILDCARD in wanted else wanted
         # Legacy wildcard: an empty list means "everything" until a name was ever given (§4).
@@ -203,6 +189,7 @@ class SotwStream:
             # it holds no longer keeps their clusters in CDS.
             # Its version is that of what remains, so asking for a dropped name again is answered.
             kept = {n: r for n, r in state.acked.resources.items() if n in state.names}
+            self._lineage.record(kept, state.acked.resources, state.acked.resources.keys() - kept.keys())
             state.acked = _Response(set_version(kept), state.acked.nonce, kept, state.acked.serial)
 
     # -- responses -------------------------------------------------------------------------
@@ -300,48 +287,56 @@ class SotwStream:
         return nonce
 
     def _diff(self, type_url: str, desired: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
-        """`_differing(desired, held)`, in proportion to what changed when the snapshot knows it."""
-        if desired is self.snapshot.of_type(type_url):
-            changed = self.snapshot.changed_since(type_url, held)
-            if changed is not None:
-                return sorted(n for n in changed if n in desired and (n not in held or held[n].version != desired[n].version))
-        return _differing(desired, held)
+        """Names in `desired` that `held` lacks or holds at another version, in proportion to what
+        changed between them when their lineage is known."""
+        return self._lineage.differing(desired, held)
 
     def _removed(self, type_url: str, desired: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
-        """Names `held` has and `desired` lacks, in proportion to what changed when the snapshot knows it."""
-        if held is desired:
-            return []
-        if desired is self.snapshot.of_type(type_url):
-            changed = self.snapshot.changed_since(type_url, held)
-            if changed is not None:
-                return sorted(n for n in changed if n in held and n not in desired)
-        return sorted(n for n in held if n not in desired)
+        """Names `held` has and `desired` lacks."""
+        return self._lineage.missing(desired, held)
 
     def _asked_for(self, type_url: str, parent: _Response, child: TypeState) -> bool:
         """Has the gateway asked for every resource of the snapshot that `parent` names? Memoised
         on the objects compared (all immutable), so it is computed once per change."""
-        asked, names = parent.asked(type_url), child.names
+        asked, names = self._lineage.named(parent.resources, "asks", type_url), child.names
+        available = self.snapshot.of_type(type_url)
         memo = self._asked_memo.get((type_url, id(asked)))
-        if memo is None or memo[0] is not asked or memo[1] is not names:
+        if memo is None or memo[0] is not asked or memo[1] is not names or memo[2] is not available:
             if len(self._asked_memo) > 8:
                 self._asked_memo.clear()  # entries of responses long replaced: keep none alive
             # Usually every name it names is asked for; else only those the snapshot has count.
-            memo = self._asked_memo[(type_url, id(asked))] = (asked, names, asked <= names)
-        return memo[2] or asked & self.snapshot.of_type(type_url).keys() <= names
+            memo = self._asked_memo[(type_url, id(asked))] = (asked, names, available, asked <= names or asked & available.keys() <= names)
+        return memo[3]
 
     def _requested(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
-        all of them (no copy), a new dict otherwise."""
+        all of them (no copy), else the part asked for, derived from the last one when the
+        snapshot's lineage allows (only the names that changed are looked at)."""
         available = self.snapshot.of_type(type_url)
         if state.wildcard:
             return available
         covered = state.covered
-        if covered is None or covered[0] is not available or covered[1] is not state.names:
-            # Asked for names compared once per snapshot mapping and request, not on every pump.
-            covered = state.covered = (available, state.names, available.keys() <= state.names)
-        if covered[2]:
-            return available
-        return {n: available[n] for n in state.names if n in available}
+        if covered is not None and covered[0] is available and covered[1] is state.names:
+            return covered[2]
+        if available.keys() <= state.names:
+            part: Mapping[str, Resource] = available
+        else:
+            changed = self._lineage.between(available, covered[0]) if covered is not None else None
+            if covered is not None and changed is not None:
+                changed |= state.names ^ covered[1]
+                before = covered[2]
+                derived = copied(before)
+                for name in changed:
+                    if name in state.names and name in available:
+                        derived[name] = available[name]
+                    else:
+                        derived.pop(name, None)
+                self._lineage.record(derived, before, changed)
+            else:
+                derived = {n: available[n] for n in state.names if n in available}
+            part = derived
+        state.covered = (available, state.names, part)
+        return part
 
     def _desired(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         desired = self._requested(type_url, state)
@@ -354,10 +349,12 @@ class SotwStream:
                     other = self.types.get(dependent, TypeState())
                     for response in (other.acked, other.pending):
                         if response is not None:
-                            named |= response.needed(CLUSTER)
+                            named |= self._lineage.named(response.resources, "needs", CLUSTER)
                 kept = {name: held[name] for name in named - desired.keys() if name in held}
                 if kept:
-                    desired = {**desired, **kept}
+                    base, desired = desired, copied(desired)
+                    desired.update(kept)
+                    self._lineage.record(desired, base, kept)
         elif type_url in DEPENDENTS:
             held = state.acked_resources
             # What the gateway already holds at this version had its clusters in place when sent,
@@ -365,8 +362,13 @@ class SotwStream:
             waiting = [name for name in self._diff(type_url, desired, held) if not all(self._applied(t, n) for t, n in desired[name].needs)]
             if waiting:
                 # Not yet: keep what the gateway has until its clusters are warm.
-                desired = {n: r for n, r in desired.items() if n not in waiting}
-                desired.update({n: held[n] for n in waiting if n in held})
+                base, desired = desired, copied(desired)
+                for name in waiting:
+                    if name in held:
+                        desired[name] = held[name]
+                    else:
+                        del desired[name]
+                self._lineage.record(desired, base, waiting)
         return desired
 
     def _applied(self, type_url: str, name: str) -> bool:
@@ -376,7 +378,7 @@ class SotwStream:
 
     def _covers(self, type_url: str, state: TypeState, desired: Mapping[str, Resource]) -> bool:
         """Does `desired` carry every resource of the current snapshot this gateway asked for?"""
-        return not _differing(self._requested(type_url, state), desired)
+        return not self._lineage.differing(self._requested(type_url, state), desired)
 
     def _update_synced(self) -> None:
         """The newest snapshot the gateway has applied in full (drives Ingress readiness)."""

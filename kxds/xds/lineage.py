@@ -1,0 +1,113 @@
+"""Which resource mappings were derived from which, and the names that may differ between them.
+
+A stream compares what a gateway holds with what it should hold on every request and snapshot.
+At 10,000 Ingresses a mapping has tens of thousands of names and a change touches a handful, so
+every mapping a stream receives (a snapshot stepped from the one before) or derives (the part a
+gateway subscribed to, routes held back until their clusters are in place) is recorded here with
+its parent and the names changed between them. Two mappings with a recorded common ancestor are
+then compared on the names changed along either path only; unrelated ones are compared in full.
+Names that resources ask for (scopes naming route configurations) are counted the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from kxds.xds.snapshot import Resource
+
+Resources = Mapping[str, Resource]
+
+
+class Lineage:
+    def __init__(self, capacity: int = 16) -> None:
+        self._capacity = capacity
+        # id(child) → (child, parent, names that may differ); the entries keep both alive, so an id
+        # cannot be reused while it is recorded.
+        self._parents: dict[int, tuple[Resources, Resources, frozenset[str]]] = {}
+        # (id(mapping), relation, type URL) → (mapping, how many of its resources name each name,
+        # those names).
+        self._named: dict[tuple[int, str, str], tuple[Resources, Counter[str], frozenset[str]]] = {}
+
+    def record(self, child: Resources, parent: Resources, names: Iterable[str]) -> None:
+        if child is parent:
+            return
+        self._parents[id(child)] = (child, parent, frozenset(names))
+        while len(self._parents) > self._capacity:
+            del self._parents[next(iter(self._parents))]  # the oldest: its descendants compare in full
+
+    def _ancestry(self, mapping: Resources) -> dict[int, tuple[Resources, frozenset[str]]]:
+        """Each recorded ancestor of `mapping` (and itself), with the names changed on the way."""
+        out = {id(mapping): (mapping, frozenset[str]())}
+        current, changed = mapping, frozenset[str]()
+        for _ in range(self._capacity):
+            entry = self._parents.get(id(current))
+            if entry is None or entry[0] is not current:
+                break
+            current, changed = entry[1], changed | entry[2]
+            out.setdefault(id(current), (current, changed))
+        return out
+
+    def between(self, a: Resources, b: Resources) -> frozenset[str] | None:
+        """Every name whose resource may differ between `a` and `b`; None if they are unrelated."""
+        if a is b:
+            return frozenset()
+        theirs = self._ancestry(b)
+        best: frozenset[str] | None = None
+        for key, (ancestor, changed) in self._ancestry(a).items():
+            other = theirs.get(key)
+            if other is not None and other[0] is ancestor:
+                names = changed | other[1]
+                if best is None or len(names) < len(best):
+                    best = names
+        return best
+
+    def differing(self, resources: Resources, held: Resources) -> list[str]:
+        """Names in `resources` that `held` lacks or holds at another version, in name order."""
+        names = self.between(resources, held)
+        if names is None:
+            return sorted(n for n, r in resources.items() if n not in held or held[n].version != r.version)
+        return sorted(n for n in names if n in resources and (n not in held or held[n].version != resources[n].version))
+
+    def missing(self, resources: Resources, held: Resources) -> list[str]:
+        """Names `held` has and `resources` lacks, in name order."""
+        names = self.between(resources, held)
+        if names is None:
+            return sorted(n for n in held if n not in resources)
+        return sorted(n for n in names if n in held and n not in resources)
+
+    def named(self, resources: Resources, relation: str, type_url: str) -> frozenset[str]:
+        """Names of `type_url` these resources ask for (relation "asks") or need ("needs")."""
+        return self._counted(resources, relation, type_url)[2]
+
+    def _counted(self, resources: Resources, relation: str, type_url: str) -> tuple[Resources, Counter[str], frozenset[str]]:
+        key = (id(resources), relation, type_url)
+        known = self._named.get(key)
+        if known is not None and known[0] is resources:
+            return known
+        entry = self._parents.get(id(resources))
+        parent_key = (id(entry[1]), relation, type_url) if entry is not None else None
+        if entry is not None and entry[0] is resources and parent_key in self._named and self._named[parent_key][0] is entry[1]:
+            parent, changed = entry[1], entry[2]
+            counts = self._named[parent_key][1].copy()
+            for name in changed:
+                for old_or_new, step in ((parent.get(name), -1), (resources.get(name), 1)):
+                    for t, n in getattr(old_or_new, relation) if old_or_new is not None else ():
+                        if t == type_url:
+                            counts[n] += step
+                            if not counts[n]:
+                                del counts[n]
+        else:
+            counts = Counter(n for r in resources.values() for t, n in getattr(r, relation) if t == type_url)
+        known = self._named[key] = (resources, counts, frozenset(counts))
+        while len(self._named) > self._capacity // 2:
+            del self._named[next(iter(self._named))]
+        return known
+
+
+def copied(resources: Resources) -> dict[str, Resource]:
+    """A dict copy: a C copy for a dict or a mapping proxy (dict(proxy) goes item by item)."""
+    if isinstance(resources, (dict, MappingProxyType)):
+        return resources.copy()
+    return dict(resources)

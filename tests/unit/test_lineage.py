@@ -1,0 +1,54 @@
+"""Lineage: comparisons over recorded derivations give exactly what a full comparison gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kxds.resources import ROUTE, SCOPED_ROUTE
+from kxds.xds.lineage import Lineage, Resources, copied
+from kxds.xds.snapshot import Resource
+
+NAMES = [f"r{n}" for n in range(12)]
+
+
+def resource(name: str, version: int) -> Resource:
+    return Resource(name=name, version=str(version), asks=frozenset({(ROUTE, f"route-{version % 3}")}))
+
+
+def full_differing(a: Resources, b: Resources) -> list[str]:
+    return sorted(n for n, r in a.items() if n not in b or b[n].version != r.version)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(NAMES), st.one_of(st.none(), st.integers(0, 5))), max_size=4), min_size=1, max_size=8),
+       st.data())
+def test_differing_missing_and_named_match_a_full_comparison(steps: list[list[tuple[str, Any]]], data: st.DataObject) -> None:
+    lineage = Lineage(capacity=6)
+    mappings: list[Resources] = [{n: resource(n, 0) for n in NAMES[:6]}]
+    for step in steps:
+        parent = data.draw(st.sampled_from(mappings))  # a derivation tree, not only a chain
+        child = copied(parent)
+        for name, version in step:
+            if version is None:
+                child.pop(name, None)
+            else:
+                child[name] = resource(name, version)
+        lineage.record(child, parent, [name for name, _ in step])
+        mappings.append(child)
+    for a in mappings:
+        for b in mappings:
+            assert lineage.differing(a, b) == full_differing(a, b)
+            assert lineage.missing(a, b) == sorted(n for n in b if n not in a)
+        assert lineage.named(a, "asks", ROUTE) == {n for r in a.values() for t, n in r.asks if t == ROUTE}
+        assert lineage.named(a, "asks", SCOPED_ROUTE) == frozenset()
+
+
+def test_unrelated_mappings_are_compared_in_full() -> None:
+    lineage = Lineage()
+    a = {"x": resource("x", 1)}
+    b = {"x": resource("x", 2), "y": resource("y", 1)}
+    assert lineage.between(a, b) is None
+    assert lineage.differing(b, a) == ["x", "y"] and lineage.missing(a, b) == ["y"]
