@@ -98,7 +98,6 @@ class Controller:
         self._dirty = asyncio.Event()
         self.primed = False
         self._rebuilt = asyncio.Event()
-        self._slices: dict[str, dict[ObjectKey, EndpointSlice]] = {}  # "ns/service" → its slices (gateway pods)
         # Convergence: when the oldest change not yet in a snapshot arrived, and, per published
         # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
         self._changed_at: float | None = None
@@ -140,10 +139,6 @@ class Controller:
             self._engine.note(f"{key.namespace}/{key.name}", key.kind, old, new)
             if isinstance(old, RejectedIngress) or isinstance(new, RejectedIngress):
                 self._unparsed.add(f"{key.namespace}/{key.name}")  # the engine never sees these
-            if isinstance(old, EndpointSlice):
-                self._slices.get(old.service_key, {}).pop(key, None)
-            if isinstance(new, EndpointSlice):
-                self._slices.setdefault(new.service_key, {})[key] = new
         if self._quarantine.holding:
             self._quarantine.release(key for key, _, _ in changed)
             self._engine.invalidate()  # what is held out may have changed
@@ -318,7 +313,7 @@ class Controller:
 
     def gateway_pods(self, namespace: str, service: str) -> list[str]:
         """Ready addresses of a Service's EndpointSlices: the gateway pods to probe."""
-        return sorted({a for piece in self._slices.get(f"{namespace}/{service}", {}).values() for a in piece.addresses})
+        return sorted({a for piece in self._engine.slices(f"{namespace}/{service}") for a in piece.addresses})
 
     def status_of(self, key: str) -> IngressStatus | None:
         """One Ingress's readiness ("ns/name"), None when it is not ours."""

@@ -330,14 +330,15 @@ class Engine:
                     changes[type_url][name] = None
             return
         backend = self._backends[name] = self._merged(name)
-        self._put(name, cluster_entry(name, backend, ca, self._slices_of(backend.service.key), self.cache), previous, changes)
+        self._put(name, cluster_entry(name, backend, ca, self.slices(backend.service.key), self.cache), previous, changes)
 
     def _endpoints(self, name: str, ca: Secret | None, previous: Snapshot, changes: dict[str, dict[str, Resource | None]]) -> None:
         backend = self._backends.get(name)
         if backend is not None and name not in changes[CLUSTER]:
-            self._put(name, cluster_entry(name, backend, ca, self._slices_of(backend.service.key), self.cache), previous, changes)
+            self._put(name, cluster_entry(name, backend, ca, self.slices(backend.service.key), self.cache), previous, changes)
 
-    def _slices_of(self, service: str) -> tuple[EndpointSlice, ...]:
+    def slices(self, service: str) -> tuple[EndpointSlice, ...]:
+        """A Service's EndpointSlices ("ns/name"), in name order."""
         return tuple(sorted(self._slices.get(service, {}).values(), key=lambda s: s.name))
 
     def _put(self, name: str, built: ClusterEntry, previous: Snapshot, changes: dict[str, dict[str, Resource | None]]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from kxds.xds.lineage import copied
 from kxds.xds.snapshot import Resource, Snapshot
 from kxds.xds.stream import WILDCARD, SotwStream, StaleNonce, TypeState, _Response
 
@@ -52,8 +53,7 @@ class DeltaStream(SotwStream):
         self._take(snapshot)
         return self._delta_pump()
 
-    @staticmethod
-    def _delta_subscribe(state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+    def _delta_subscribe(self, state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         subscribe, unsubscribe = set(request.resource_names_subscribe), set(request.resource_names_unsubscribe)
         first = not state.named_explicitly and not state.wildcard and not state.names
         # An ACK names nothing: the subscription keeps its very set, so what is memoised on it holds.
@@ -62,7 +62,11 @@ class DeltaStream(SotwStream):
         state.wildcard = (state.wildcard or WILDCARD in subscribe or (first and not subscribe)) and WILDCARD not in unsubscribe
         state.named_explicitly = state.named_explicitly or bool(names)
         if state.acked is not None and unsubscribe:
-            state.acked = _Response(state.acked.version, state.acked.nonce, {n: r for n, r in state.acked.resources.items() if n not in unsubscribe})
+            kept = copied(state.acked.resources)
+            for name in unsubscribe:
+                kept.pop(name, None)
+            self._lineage.record(kept, state.acked.resources, unsubscribe)
+            state.acked = _Response(state.acked.version, state.acked.nonce, kept)
         state.names = names
 
     def _delta_pump(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:

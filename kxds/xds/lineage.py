@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from kxds.xds.snapshot import Resource
+from kxds.xds.snapshot import Resource, entry_digest, fold, folded_version
 
 Resources = Mapping[str, Resource]
 
@@ -26,6 +26,8 @@ class Lineage:
         # id(child) → (child, parent, names that may differ); the entries keep both alive, so an id
         # cannot be reused while it is recorded.
         self._parents: dict[int, tuple[Resources, Resources, frozenset[str]]] = {}
+        # id(mapping) → (mapping, the XOR of its resources' digests: its version, see snapshot.py).
+        self._folds: dict[int, tuple[Resources, int]] = {}
         # (id(mapping), relation, type URL) → (mapping, how many of its resources name each name,
         # those names).
         self._named: dict[tuple[int, str, str], tuple[Resources, Counter[str], frozenset[str]]] = {}
@@ -77,20 +79,49 @@ class Lineage:
             return sorted(n for n in held if n not in resources)
         return sorted(n for n in names if n in held and n not in resources)
 
+    def known_version(self, resources: Resources, folded: int) -> None:
+        """`resources` (a snapshot's own mapping) has this folded version."""
+        self._remember_fold(resources, folded)
+
+    def version(self, resources: Resources) -> str:
+        """The set version of `resources` (as `set_version`), from a recorded ancestor's when known."""
+        return folded_version(self._fold(resources, self._capacity))
+
+    def _fold(self, resources: Resources, depth: int) -> int:
+        known = self._folds.get(id(resources))
+        if known is not None and known[0] is resources:
+            return known[1]
+        entry = self._parents.get(id(resources))
+        if depth and entry is not None and entry[0] is resources:
+            parent, changed = entry[1], entry[2]
+            folded = self._fold(parent, depth - 1)
+            for name in changed:
+                for side in (parent.get(name), resources.get(name)):
+                    if side is not None:
+                        folded ^= entry_digest(name, side.version)
+        else:
+            folded = fold(resources)
+        self._remember_fold(resources, folded)
+        return folded
+
+    def _remember_fold(self, resources: Resources, folded: int) -> None:
+        self._folds[id(resources)] = (resources, folded)
+        while len(self._folds) > self._capacity:
+            del self._folds[next(iter(self._folds))]
+
     def named(self, resources: Resources, relation: str, type_url: str) -> frozenset[str]:
         """Names of `type_url` these resources ask for (relation "asks") or need ("needs")."""
-        return self._counted(resources, relation, type_url)[2]
+        return self._counted(resources, relation, type_url, self._capacity)[2]
 
-    def _counted(self, resources: Resources, relation: str, type_url: str) -> tuple[Resources, Counter[str], frozenset[str]]:
+    def _counted(self, resources: Resources, relation: str, type_url: str, depth: int) -> tuple[Resources, Counter[str], frozenset[str]]:
         key = (id(resources), relation, type_url)
         known = self._named.get(key)
         if known is not None and known[0] is resources:
             return known
         entry = self._parents.get(id(resources))
-        parent_key = (id(entry[1]), relation, type_url) if entry is not None else None
-        if entry is not None and entry[0] is resources and parent_key in self._named and self._named[parent_key][0] is entry[1]:
+        if depth and entry is not None and entry[0] is resources:
             parent, changed = entry[1], entry[2]
-            counts = self._named[parent_key][1].copy()
+            counts = self._counted(parent, relation, type_url, depth - 1)[1].copy()
             for name in changed:
                 for old_or_new, step in ((parent.get(name), -1), (resources.get(name), 1)):
                     for t, n in getattr(old_or_new, relation) if old_or_new is not None else ():
@@ -101,7 +132,7 @@ class Lineage:
         else:
             counts = Counter(n for r in resources.values() for t, n in getattr(r, relation) if t == type_url)
         known = self._named[key] = (resources, counts, frozenset(counts))
-        while len(self._named) > self._capacity // 2:
+        while len(self._named) > self._capacity:
             del self._named[next(iter(self._named))]
         return known
 

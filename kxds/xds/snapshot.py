@@ -57,25 +57,26 @@ class Resource:
         return cls(name=encoded.name, version=encoded.version, type_url=type_url, data=encoded.data, needs=frozenset(needs), asks=frozenset(asks))
 
 
-def _entry(name: str, version: str) -> int:
+def entry_digest(name: str, version: str) -> int:
+    """One resource's share of its type's version (the type's is the XOR of its resources')."""
     return int.from_bytes(hashlib.sha256(f"{name}\0{version}".encode()).digest()[:8], "big")
 
 
-def _fold(resources: Mapping[str, Resource]) -> int:
+def fold(resources: Mapping[str, Resource]) -> int:
     folded = 0
     for name, resource in resources.items():
-        folded ^= _entry(name, resource.version)
+        folded ^= entry_digest(name, resource.version)
     return folded
 
 
-def _text(folded: int) -> str:
+def folded_version(folded: int) -> str:
     return f"{folded:016x}"
 
 
 def set_version(resources: Mapping[str, Resource]) -> str:
     """The version of a set of resources: independent of order, replica and process. An XOR of
     per-resource digests, so a snapshot that changes a few resources updates it in O(changed)."""
-    return _text(_fold(resources))
+    return folded_version(fold(resources))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,8 +106,8 @@ class Snapshot:
     def type_version(self, type_url: str) -> str:
         """The version of all resources of a type, computed once per snapshot."""
         if type_url not in self._folds:
-            self._folds[type_url] = _fold(self.of_type(type_url))
-        return _text(self._folds[type_url])
+            self._folds[type_url] = fold(self.of_type(type_url))
+        return folded_version(self._folds[type_url])
 
     def with_changes(self, serial: int, changes: Mapping[str, Mapping[str, Resource | None]]) -> Snapshot:
         """A new snapshot where only these resources differ: type URL → name → the new resource, or
@@ -126,7 +127,7 @@ class Snapshot:
                 if resource is not None:
                     updated[name] = resource
                 if fold is not None:
-                    fold ^= (_entry(name, old.version) if old is not None else 0) ^ (_entry(name, resource.version) if resource is not None else 0)
+                    fold ^= (entry_digest(name, old.version) if old is not None else 0) ^ (entry_digest(name, resource.version) if resource is not None else 0)
             if fold is not None:
                 folds[type_url] = fold
             resources[type_url] = MappingProxyType(updated)

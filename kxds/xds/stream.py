@@ -202,8 +202,13 @@ class SotwStream:
                 yield type_url, state, self._desired(type_url, state)
 
     def _version(self, type_url: str, desired: Mapping[str, Resource]) -> str:
-        # The whole type, as most subscriptions are: its version is the snapshot's, computed once.
-        return self.snapshot.type_version(type_url) if desired is self.snapshot.of_type(type_url) else set_version(desired)
+        # The whole type, as most subscriptions are: its version is the snapshot's, computed once;
+        # a part of it is derived from a recorded ancestor's version.
+        if desired is self.snapshot.of_type(type_url):
+            version = self.snapshot.type_version(type_url)
+            self._lineage.known_version(desired, int(version, 16))
+            return version
+        return self._lineage.version(desired)
 
     def _pump(self) -> list[discovery_pb2.DiscoveryResponse]:
         out, idle = [], []

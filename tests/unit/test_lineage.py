@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from kxds.resources import ROUTE, SCOPED_ROUTE
 from kxds.xds.lineage import Lineage, Resources, copied
-from kxds.xds.snapshot import Resource
+from kxds.xds.snapshot import Resource, set_version
 
 NAMES = [f"r{n}" for n in range(12)]
 
@@ -28,6 +28,7 @@ def full_differing(a: Resources, b: Resources) -> list[str]:
 def test_differing_missing_and_named_match_a_full_comparison(steps: list[list[tuple[str, Any]]], data: st.DataObject) -> None:
     lineage = Lineage(capacity=6)
     mappings: list[Resources] = [{n: resource(n, 0) for n in NAMES[:6]}]
+    lineage.known_version(mappings[0], int(set_version(mappings[0]), 16))  # as a snapshot's own mapping
     for step in steps:
         parent = data.draw(st.sampled_from(mappings))  # a derivation tree, not only a chain
         child = copied(parent)
@@ -44,6 +45,7 @@ def test_differing_missing_and_named_match_a_full_comparison(steps: list[list[tu
             assert lineage.missing(a, b) == sorted(n for n in b if n not in a)
         assert lineage.named(a, "asks", ROUTE) == {n for r in a.values() for t, n in r.asks if t == ROUTE}
         assert lineage.named(a, "asks", SCOPED_ROUTE) == frozenset()
+        assert lineage.version(a) == set_version(a)
 
 
 def test_unrelated_mappings_are_compared_in_full() -> None:
