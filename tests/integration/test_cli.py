@@ -81,6 +81,8 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> Non
     assert retry == {"base_interval": "0.1s", "max_interval": "1s"}
     assert config["node"] == {"id": "3scale-kourier-gateway", "cluster": "kourier-knative"}
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"  # the default; --sotw for Kourier's
+    # Envoy's default request budget (10 a second after 100) paced every create at ~0.5 s.
+    assert config["dynamic_resources"]["ads_config"]["rate_limit_settings"] == {"max_tokens": 1000, "fill_rate": 100}
     assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     (tmp_path / "bootstrap.yaml").write_text(result.stdout)
     validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
