@@ -31,7 +31,7 @@ from kmock import Server
 from kubernetes import client, watch
 
 from bench.generate import host, ingress, revision_objects
-from bench.run import RESULTS, get, percentiles, proc_cpu_seconds, proc_rss_mib, wait
+from bench.run import RESULTS, get, percentiles, proc_cpu_seconds, proc_rss_mib, save, wait
 from tests.e2e.harness import Backends, ControlPlane, Gateway, ListenerPorts
 from tests.kube.emulator import VersionedEmulator
 from tests.kube.test_kubernetes_mode import GROUP, PLURAL, VERSION, kubeconfig
@@ -204,11 +204,8 @@ def main() -> int:
             results.append(result)
     finally:
         backends.close()
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.results / f"kube-{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
     table = markdown(results, command)
-    (args.results / "kube-latest.md").write_text(table)
+    save(args.results, command, results, table, prefix="kube-")
     print(table)
     return 0
 

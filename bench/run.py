@@ -276,6 +276,15 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(directory: Path, command: str, results: list[dict[str, Any]], table: str, prefix: str = "") -> str:
+    """`<prefix><stamp>.json` and `<prefix>latest.md` in `directory`; returns the stamp."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (directory / f"{prefix}{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (directory / f"{prefix}latest.md").write_text(table)
+    return stamp
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--sizes", default="1000,5000,10000")
@@ -300,11 +309,8 @@ def main() -> int:
                     results.append(result)
     finally:
         backends.close()
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.results / f"{stamp}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
     table = markdown(results, command)
-    (args.results / "latest.md").write_text(table)
+    stamp = save(args.results, command, results, table)
     plot(results, args.results / f"{stamp}.png", command)
     shutil.copyfile(args.results / f"{stamp}.png", args.results / "latest.png")
     print(table)
