@@ -3,7 +3,7 @@ every connected gateway has applied a snapshot at least that new."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kxds.model.ingress import Ingress, RejectedIngress
@@ -109,6 +109,3 @@ class Readiness:
 def rejected_outcome(bad: RejectedIngress) -> Outcome:
     return Outcome(programmed=False, reason=RECONCILE_FAILED, message=str(bad.error))
 
-
-def outcomes_of(ingresses: Iterable[Ingress], outcomes: Mapping[str, Outcome]) -> list[tuple[Ingress | RejectedIngress, Outcome]]:
-    return [(i, outcomes[i.key]) for i in ingresses]

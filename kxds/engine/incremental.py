@@ -12,7 +12,7 @@ vhost) — asks for a full translation instead. Pure: no I/O, no logging. The pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from kxds.model.config import KourierConfig, NetworkConfig, TrustBundle
@@ -152,15 +152,10 @@ class Engine:
         """The next rebuild translates everything (a quarantine verdict, a NACK)."""
         self._pending.full = True
 
-    @property
-    def pending(self) -> bool:
-        p = self._pending
-        return p.full or bool(p.ingresses or p.services or p.endpoints)
-
-    def world(self, ingresses: Iterable[Ingress] | None = None) -> World:
-        """The current objects as the translator's input (`ingresses`: a subset, when some are held out)."""
+    def world(self) -> World:
+        """The current objects as the translator's input."""
         return World(
-            ingresses=tuple(sorted(self._ingresses.values() if ingresses is None else ingresses, key=lambda i: i.key)),
+            ingresses=tuple(sorted(self._ingresses.values(), key=lambda i: i.key)),
             services=dict(self._services),
             endpoint_slices={k: tuple(sorted(v.values(), key=lambda s: s.name)) for k, v in self._slices.items() if v},
             secrets=dict(self._secrets),
