@@ -8,6 +8,12 @@ resourceVersion, and `expire(resource)`, which ends the resource's open watches 
 refuses to resume from any older resourceVersion, as an API server does after compaction; and
 `hold_lists(resource)`, which makes lists wait, so a test can stage changes while a watch is down.
 
+Made fast enough to benchmark through: the stock emulator finds the object of a read or write by
+scanning every stored object, and matches each request against every request recorded so far, so a
+call costs O(objects + requests so far), and a few thousand Knative Services made each call take
+tenths of a second. Here reads and writes of one object go straight to it by key, and kmock's
+request log holds only the requests in flight; `log` keeps them all, for assertions.
+
 Not emulated: replaying history from a resourceVersion. A watch started from a version still gets
 every existing object as ADDED and then live events, so a change made between a list and the
 next watch is seen by no watcher; the relist test stages its changes while lists are held.
@@ -22,7 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-from kmock import KubernetesEmulator, KubernetesError
+from kmock import KubernetesEmulator, KubernetesError, KubernetesObjectNotFoundError
 from kmock._internal import enums, rendering
 
 
@@ -38,14 +44,28 @@ class VersionedEmulator(KubernetesEmulator):
     _compacted: dict[str, int] = attrs.field(factory=dict, init=False)
     _expired: dict[str, asyncio.Event] = attrs.field(factory=lambda: collections.defaultdict(asyncio.Event), init=False)
     watch_requests: list[dict[str, str]] = attrs.field(factory=list, init=False)
+    # Every request served, for assertions (kmock's own log holds only the requests in flight here).
+    log: list[rendering.Request] = attrs.field(factory=list, init=False)
     # Plural names whose list requests wait until released (to stage changes during an outage).
     _held: dict[str, asyncio.Event] = attrs.field(factory=dict, init=False)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        self.log.append(request)
         if request.resource is not None and isinstance(request.data, dict):
             if request.action in (enums.action.CREATE, enums.action.UPDATE):
                 self._stamp(request)
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: rendering.Request) -> None:
+        # Every request is matched against every reaction's view of the request log, so a log that
+        # only grows makes each call slower than the last; nothing here asserts on past requests.
+        for i, logged in enumerate(self._requests):
+            if logged is request:
+                del self._requests[i]
+                return
 
     def _stamp(self, request: rendering.Request) -> None:
         metadata = request.data.setdefault("metadata", {})
@@ -96,6 +116,27 @@ class VersionedEmulator(KubernetesEmulator):
                 yield step.result()
             except StopAsyncIteration:
                 return
+
+    def _one(self, request: rendering.Request, namespace: str | None, name: str | None) -> Any:
+        """The stored object a request names, by key (the stock emulator scans every object)."""
+        stored = self.objects._objects.get((request.resource, namespace, name))
+        if stored is None or stored.deleted:
+            raise KubernetesObjectNotFoundError()
+        return stored
+
+    async def _serve_fetch(self, request: rendering.Request) -> Any:
+        return self._one(request, request.namespace, request.name).raw
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        metadata = request.data.get("metadata", {})
+        return self._one(request, request.namespace or metadata.get("namespace"), request.name or metadata.get("name")).raw
+
+    async def _serve_update(self, request: rendering.Request) -> Any:
+        stored = self.objects._objects.get((request.resource, request.namespace, request.name))
+        assert stored is not None  # written by _handle before this runs
+        return stored.last.raw
+
+    _serve_delete = _serve_update
 
     def expire(self, plural: str) -> None:
         """Compact history: open watches end with 410 Gone; older versions cannot be resumed from."""

@@ -52,7 +52,7 @@ async def test_only_the_leader_writes_and_leadership_moves(tmp_path: Path) -> No
             ready = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions", [])}.get("Ready")
             if ready != "True":
                 return None
-            writes = [r for r in emulator if r.subresource == "status" and r.name == name]
+            writes = [r for r in emulator.log if r.subresource == "status" and r.name == name]
             return writes[-1].headers.get("User-Agent", "") if writes else None
 
         async def publish(name: str) -> None:
@@ -74,7 +74,7 @@ async def test_only_the_leader_writes_and_leadership_moves(tmp_path: Path) -> No
             await publish("first")
             writer = await until(lambda: ready_writer("first"), what="first to be Ready")
             assert "(kxds-b)" in writer, writer  # the leader, which could only have probed the gateway
-            status_writers = {r.headers.get("User-Agent", "") for r in emulator if r.subresource == "status"}
+            status_writers = {r.headers.get("User-Agent", "") for r in emulator.log if r.subresource == "status"}
             assert all("(kxds-b)" in w for w in status_writers), status_writers
 
             replicas["kxds-b"].process.kill()  # no clean release: the lease must expire

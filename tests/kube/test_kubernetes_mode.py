@@ -76,7 +76,7 @@ class Cluster:
         return await asyncio.to_thread(curl, self.stack.ports.external, host, "/", list(headers))
 
     def status_writes(self, name: str) -> int:
-        return sum(1 for r in list(self.emulator) if r.method == "PATCH" and r.subresource == "status" and r.name == name)
+        return sum(1 for r in list(self.emulator.log) if r.method == "PATCH" and r.subresource == "status" and r.name == name)
 
 
 def kubeconfig(path: Path, url: str) -> Path:
@@ -209,7 +209,7 @@ async def test_a_watch_that_expires_is_relisted_without_losing_events(cluster: C
     await cluster.backend("relist")
     await cluster.create_ingress(ingress("relist-1", rule(["relist1.example.com"], path(split("relist", namespace=NS))), namespace=NS))
     await cluster.ready_status("relist-1", 1)
-    lists_before = sum(1 for r in list(cluster.emulator) if r.resource is not None and r.resource.plural == PLURAL and "watch" not in r.params)
+    lists_before = sum(1 for r in list(cluster.emulator.log) if r.resource is not None and r.resource.plural == PLURAL and "watch" not in r.params)
     # History is compacted: the open watch ends with 410 and the old version cannot be resumed.
     # Lists are held meanwhile, so these changes happen while kxds has no watch at all.
     cluster.emulator.hold_lists(PLURAL)
@@ -222,7 +222,7 @@ async def test_a_watch_that_expires_is_relisted_without_losing_events(cluster: C
     await cluster.ready_status("relist-2", 1)
     await cluster.until(lambda: _status_is(cluster, "relist1.example.com", 404), what="the deleted Ingress to go")
     assert (await cluster.curl("relist2.example.com")).status == 200
-    lists_after = sum(1 for r in list(cluster.emulator) if r.resource is not None and r.resource.plural == PLURAL and "watch" not in r.params)
+    lists_after = sum(1 for r in list(cluster.emulator.log) if r.resource is not None and r.resource.plural == PLURAL and "watch" not in r.params)
     assert lists_after > lists_before, "a 410 must lead to a fresh list"
     resumed = [w for w in cluster.emulator.watch_requests if w.get("resourceVersion", "").isdigit()]
     assert resumed, "watches resume from the last resourceVersion"
