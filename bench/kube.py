@@ -98,14 +98,22 @@ class Api:
 
 
 def ready_watch(api: Api, ready_at: dict[str, float], stop: threading.Event) -> None:
-    """When each Ingress's status first says Ready (observedGeneration 1), as a watch sees it."""
+    """When each Ingress's status first says Ready, as a client sees it: list, then watch from the
+    list's resourceVersion, and again whenever the watch ends."""
+
+    def seen(obj: dict[str, Any]) -> None:
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
+
     while not stop.is_set():
-        stream = watch.Watch().stream(api.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, timeout_seconds=5)
-        for event in stream:
-            obj = event["object"]
-            status = obj.get("status") or {}
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
-                ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
+        listed = api.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
+        for obj in listed["items"]:
+            seen(obj)
+        events = watch.Watch().stream(api.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
+                                      resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=5)
+        for event in events:
+            seen(event["object"])
             if stop.is_set():
                 return
 

@@ -102,7 +102,7 @@ class VersionedEmulator(KubernetesEmulator):
             yield _gone()
             return
         expired = self._expired[plural]
-        stream = super()._serve_watch(request).__aiter__()
+        stream = self._watch(request).__aiter__()
         while True:
             step = asyncio.ensure_future(stream.__anext__())
             gone = asyncio.ensure_future(expired.wait())
@@ -116,6 +116,32 @@ class VersionedEmulator(KubernetesEmulator):
                 yield step.result()
             except StopAsyncIteration:
                 return
+
+    async def _watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        """Every existing object as ADDED, then every later change. The stock emulator subscribes
+        only after it has sent the existing objects, so a write made meanwhile reached no one (seen
+        as Ingress statuses that never turned Ready to a watching client); here the subscription
+        and the snapshot are taken together under the lock that writes hold."""
+        yield b""
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        async with self._lock:
+            marker = await bus.mark()
+            existing = [obj.raw for (resource, namespace, name), obj in self.objects._objects.items()
+                        if resource == request.resource and not obj.deleted and self._selects(request, namespace, name)]
+        try:
+            for raw in existing:
+                yield {"type": "ADDED", "object": raw}
+            async for event in bus.stream(since=marker):
+                metadata = event.get("object", {}).get("metadata", {})
+                if self._selects(request, metadata.get("namespace"), metadata.get("name")):
+                    yield event
+        finally:
+            await bus.unmark(marker)
+
+    @staticmethod
+    def _selects(request: rendering.Request, namespace: str | None, name: str | None) -> bool:
+        return (request.namespace is None or namespace == request.namespace) and (request.name is None or name == request.name)
 
     def _one(self, request: rendering.Request, namespace: str | None, name: str | None) -> Any:
         """The stored object a request names, by key (the stock emulator scans every object)."""
