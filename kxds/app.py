@@ -227,18 +227,22 @@ async def _write_statuses(writer: Any, prober: Any, controller: Controller, flee
     """Re-check statuses (as leader) whenever a rebuild, an ACK or leadership may have changed them;
     at least every second while anything is still being probed. Gateways coming or going, or a
     new leader, re-check every Ingress; otherwise only those that may have moved."""
-    gateways = -1
+    gateways, seen = -1, (-1, -1)
     while True:
-        waits = [asyncio.ensure_future(controller.wait_rebuilt()), asyncio.ensure_future(fleet.wait_changed()),
-                 asyncio.ensure_future(leadership.wait())]
-        await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-        for waiting in waits:
-            waiting.cancel()
+        if (controller.rebuilds, fleet.generation) == seen:  # nothing moved since the last pass began
+            waits = [asyncio.ensure_future(controller.wait_rebuilt()), asyncio.ensure_future(fleet.wait_changed()),
+                     asyncio.ensure_future(leadership.wait())]
+            await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
         if leadership.is_set() or len(fleet.gateways) != gateways:
             gateways = len(fleet.gateways)
             writer.mark_all()
         leadership.clear()
         await asyncio.sleep(0.005)  # let a burst of ACKs land
+        # Taken before the pass: an ACK or rebuild that lands while it writes starts another pass
+        # at once, instead of waiting for the next one or the one-second tick.
+        seen = (controller.rebuilds, fleet.generation)
         if leads():
             await writer.sync()
         else:

@@ -98,6 +98,7 @@ class Controller:
         self._dirty = asyncio.Event()
         self.primed = False
         self._rebuilt = asyncio.Event()
+        self.rebuilds = 0  # counts `_rebuilt` signals, so a waiter can tell it missed one
         # Convergence: when the oldest change not yet in a snapshot arrived, and, per published
         # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
         self._changed_at: float | None = None
@@ -228,6 +229,7 @@ class Controller:
                 log.warning("ingress.not_ready", ingress=m.key, reason=m.outcome.reason, message=m.outcome.message)
 
     def _signal_rebuilt(self) -> None:
+        self.rebuilds += 1
         self._rebuilt.set()
         self._rebuilt = asyncio.Event()
 

@@ -132,3 +132,38 @@ async def test_ingress_changes_are_engine_steps_in_the_scoped_layout_and_match_a
         reference = await full(edited)
         for type_url in (CLUSTER, ROUTE, SCOPED_ROUTE):
             assert {n: r.version for n, r in rebuilt.of_type(type_url).items()} == {n: r.version for n, r in reference.of_type(type_url).items()}
+
+
+async def test_a_rebuild_during_a_status_pass_starts_the_next_pass_at_once() -> None:
+    """The status loop must not miss a rebuild (or an ACK) that lands while it writes: it would
+    otherwise sit until its one-second tick, and `kn service create` with it."""
+    from kxds.app import _write_statuses
+
+    fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
+    controller = Controller(fleet, GatewaySettings(), Metrics(), debounce_seconds=0)
+    second_pass = asyncio.Event()
+
+    class Writer:
+        passes = 0
+
+        async def sync(self) -> None:
+            self.passes += 1
+            if self.passes == 1:  # a change arrives and is rebuilt while this pass is still writing
+                before = controller.rebuilds
+                controller.apply(upsert("late"))
+                while controller.rebuilds == before:
+                    await asyncio.sleep(0.005)
+            elif self.passes == 2:
+                second_pass.set()
+
+        def mark_all(self) -> None:
+            pass
+
+    rebuilding = asyncio.create_task(controller.run())
+    statuses = asyncio.create_task(_write_statuses(Writer(), None, controller, fleet, lambda: True, asyncio.Event()))
+    try:
+        await asyncio.wait_for(second_pass.wait(), 0.5)  # well inside the one-second tick
+    finally:
+        for task in (rebuilding, statuses):
+            task.cancel()
+        await asyncio.gather(rebuilding, statuses, return_exceptions=True)
