@@ -279,7 +279,8 @@ def gateway_leaf(directory: Path) -> tuple[bytes, bytes]:
 class Gateway:
     """A real Envoy bootstrapped by `kxds bootstrap` against the control plane."""
 
-    def __init__(self, workdir: Path, plane: ControlPlane, name: str = "gw", bootstrap_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, plane: ControlPlane, name: str = "gw", bootstrap_options: Mapping[str, Any] | None = None,
+                 live_timeout: float = 30) -> None:
         self.admin_port = free_port()
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +291,7 @@ class Gateway:
             options["tls"] = XdsClientPki(directory=str(plane.gateway_pki))
         bootstrap = render_bootstrap(f"{LOCAL}:{plane.xds_port}", self.admin_port, **options)
         self.process = start_envoy(bootstrap, self.workdir, log=self._log, log_level=os.environ.get("KXDS_TEST_ENVOY_LOG", "info"))
-        wait_until(self.live, timeout=30, what=f"Envoy {name} to go LIVE")
+        wait_until(self.live, timeout=live_timeout, what=f"Envoy {name} to go LIVE")
 
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://{LOCAL}:{self.admin_port}{path}", timeout=5) as response:

@@ -34,3 +34,19 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     assert "20: create" in table
     (png,) = tmp_path.glob("2*.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "latest.png").read_bytes() == png.read_bytes()
+
+
+def test_kubernetes_bench_runs_and_reports(tmp_path: Path) -> None:
+    """bench.kube: the emulator, `kxds serve --kubernetes`, a real Envoy, and a watching client."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.kube", "--sizes", "10", "--events", "2", "--results", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (report,) = tmp_path.glob("kube-*.json")
+    (measured,) = json.loads(report.read_text())["results"]
+    assert measured["ingresses"] == 10 and measured["all_statuses_ready_s"] >= 0
+    for event in ("create_routable", "create_status_ready", "delete"):
+        assert measured[event]["p50_ms"] > 0, event
+    assert measured["emulator_call_ms"]["p50"] > 0 and measured["cpu_per_event_ms"] > 0
+    assert "| 10 |" in (tmp_path / "kube-latest.md").read_text()
