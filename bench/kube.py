@@ -130,7 +130,11 @@ def run_size(n: int, events: int, workdir: Path, backends: Backends, backend_por
         started = time.monotonic()
         plane = ControlPlane(workdir, ports, ["--kubernetes", "--context", "kmock", "--log-level", "info"], env={"KUBECONFIG": str(config)})
         cold_s = time.monotonic() - started
-        gateway = Gateway(workdir, plane, live_timeout=900)  # the first configuration of N Services
+        try:
+            gateway = Gateway(workdir, plane, live_timeout=900)  # the first configuration of N Services
+        except BaseException:
+            plane.stop()
+            raise
         ready_at: dict[str, float] = {}
         stop = threading.Event()
         watcher = threading.Thread(target=ready_watch, args=(api, ready_at, stop), daemon=True)
