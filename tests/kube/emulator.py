@@ -61,7 +61,7 @@ class VersionedEmulator(KubernetesEmulator):
 
     def _forget(self, request: rendering.Request) -> None:
         # Every request is matched against every reaction's view of the request log, so a log that
-        # only grows makes each call slower than the last; nothing here asserts on past requests.
+        # only grows makes each call slower than the last; assertions read `log` instead.
         for i, logged in enumerate(self._requests):
             if logged is request:
                 del self._requests[i]
