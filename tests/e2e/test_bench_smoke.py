@@ -45,7 +45,7 @@ def test_kubernetes_bench_runs_and_reports(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (report,) = tmp_path.glob("kube-*.json")
     (measured,) = json.loads(report.read_text())["results"]
-    assert measured["ingresses"] == 10 and measured["all_statuses_ready_s"] >= 0
+    assert measured["ingresses"] == 10
     for event in ("create_routable", "create_status_ready", "delete"):
         assert measured[event]["p50_ms"] > 0, event
     assert measured["emulator_call_ms"]["p50"] > 0 and measured["cpu_per_event_ms"] > 0

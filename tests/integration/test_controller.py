@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import structlog
 
+from kxds.app import _write_statuses
 from kxds.controller import Controller
 from kxds.metrics import Metrics
 from kxds.model.objects import ObjectKey, parse_object, Filters
@@ -137,8 +138,6 @@ async def test_ingress_changes_are_engine_steps_in_the_scoped_layout_and_match_a
 async def test_a_rebuild_during_a_status_pass_starts_the_next_pass_at_once() -> None:
     """The status loop must not miss a rebuild (or an ACK) that lands while it writes: it would
     otherwise sit until its one-second tick, and `kn service create` with it."""
-    from kxds.app import _write_statuses
-
     fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
     controller = Controller(fleet, GatewaySettings(), Metrics(), debounce_seconds=0)
     second_pass = asyncio.Event()
