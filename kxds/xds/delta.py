@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from kxds.xds.lineage import copied
 from kxds.xds.snapshot import Resource, Snapshot
 from kxds.xds.stream import WILDCARD, SotwStream, StaleNonce, TypeState, _Response
 
@@ -27,7 +26,7 @@ class DeltaStream(SotwStream):
         type_url = request.type_url
         state = self.types.get(type_url)
         if state is None:
-            state = self.types[type_url] = TypeState()
+            state = self._new_state(type_url)
             state.requested = True
             claimed = dict(request.initial_resource_versions)
             if claimed:
@@ -56,18 +55,13 @@ class DeltaStream(SotwStream):
     def _delta_subscribe(self, state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         subscribe, unsubscribe = set(request.resource_names_subscribe), set(request.resource_names_unsubscribe)
         first = not state.named_explicitly and not state.wildcard and not state.names
-        # An ACK names nothing: the subscription keeps its very set, so what is memoised on it holds.
-        names = state.names if not (subscribe or unsubscribe) else frozenset((state.names | subscribe) - unsubscribe - {WILDCARD})
         # Legacy wildcard: a first request naming nothing subscribes to everything (§5.2).
         state.wildcard = (state.wildcard or WILDCARD in subscribe or (first and not subscribe)) and WILDCARD not in unsubscribe
-        state.named_explicitly = state.named_explicitly or bool(names)
+        state.names.update(subscribe - {WILDCARD}, unsubscribe)
+        state.named_explicitly = state.named_explicitly or bool(state.names)
         if state.acked is not None and unsubscribe:
-            kept = copied(state.acked.resources)
-            for name in unsubscribe:
-                kept.pop(name, None)
-            self._lineage.record(kept, state.acked.resources, unsubscribe)
+            kept = self._lineage.derive(state.acked.resources, dict.fromkeys(unsubscribe))
             state.acked = _Response(state.acked.version, state.acked.nonce, kept)
-        state.names = names
 
     def _delta_pump(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out, idle = [], []
@@ -80,7 +74,7 @@ class DeltaStream(SotwStream):
             if state.acked is None and not desired and self._requested(type_url, state):
                 continue  # all of it waits for its clusters: say nothing rather than "nothing"
             # Named resources that do not exist: said once, so the gateway need not wait for them.
-            missing = sorted(state.names - self.snapshot.of_type(type_url).keys() - held.keys()) if state.force else []
+            missing = sorted(state.names.view - self.snapshot.of_type(type_url).keys() - held.keys()) if state.force else []
             complete = self._covers(type_url, state, desired)
             if not (changed or removed or missing or state.force):
                 if complete and not self._caught_up(type_url):
@@ -93,6 +87,7 @@ class DeltaStream(SotwStream):
         for type_url in idle:
             self._caught_up(type_url)
         self._update_synced()
+        self._keep_up()
         return out
 
     def _delta_respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], changed: list[str],

@@ -6,15 +6,16 @@ every mapping a stream receives (a snapshot stepped from the one before) or deri
 gateway subscribed to, routes held back until their clusters are in place) is recorded here with
 its parent and the names changed between them. Two mappings with a recorded common ancestor are
 then compared on the names changed along either path only; unrelated ones are compared in full.
-Names that resources ask for (scopes naming route configurations) are counted the same way.
+Names that resources ask for or need (scopes naming route configurations, routes naming clusters)
+are counted the same way, by a `Tally` that follows one role's mapping as it moves on.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 
+from kxds.xds.patched import copied, patched
 from kxds.xds.snapshot import Resource, entry_digest, fold, folded_version
 
 Resources = Mapping[str, Resource]
@@ -28,9 +29,16 @@ class Lineage:
         self._parents: dict[int, tuple[Resources, Resources, frozenset[str]]] = {}
         # id(mapping) → (mapping, the XOR of its resources' digests: its version, see snapshot.py).
         self._folds: dict[int, tuple[Resources, int]] = {}
-        # (id(mapping), relation, type URL) → (mapping, how many of its resources name each name,
-        # those names).
-        self._named: dict[tuple[int, str, str], tuple[Resources, Counter[str], frozenset[str]]] = {}
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def derive(self, parent: Resources, changes: Mapping[str, Resource | None]) -> Resources:
+        """`parent` with these names set to these resources (None: removed), recorded."""
+        child = patched(parent, changes)
+        self.record(child, parent, changes)
+        return child
 
     def record(self, child: Resources, parent: Resources, names: Iterable[str]) -> None:
         if child is parent:
@@ -109,36 +117,44 @@ class Lineage:
         while len(self._folds) > self._capacity:
             del self._folds[next(iter(self._folds))]
 
-    def named(self, resources: Resources, relation: str, type_url: str) -> frozenset[str]:
-        """Names of `type_url` these resources ask for (relation "asks") or need ("needs")."""
-        return self._counted(resources, relation, type_url, self._capacity)[2]
-
-    def _counted(self, resources: Resources, relation: str, type_url: str, depth: int) -> tuple[Resources, Counter[str], frozenset[str]]:
-        key = (id(resources), relation, type_url)
-        known = self._named.get(key)
-        if known is not None and known[0] is resources:
-            return known
-        entry = self._parents.get(id(resources))
-        if depth and entry is not None and entry[0] is resources:
-            parent, changed = entry[1], entry[2]
-            counts = self._counted(parent, relation, type_url, depth - 1)[1].copy()
-            for name in changed:
-                for old_or_new, step in ((parent.get(name), -1), (resources.get(name), 1)):
-                    for t, n in getattr(old_or_new, relation) if old_or_new is not None else ():
-                        if t == type_url:
-                            counts[n] += step
-                            if not counts[n]:
-                                del counts[n]
-        else:
-            counts = Counter(n for r in resources.values() for t, n in getattr(r, relation) if t == type_url)
-        known = self._named[key] = (resources, counts, frozenset(counts))
-        while len(self._named) > self._capacity:
-            del self._named[next(iter(self._named))]
-        return known
+    def follow(self, tally: Tally, resources: Resources) -> frozenset[str] | None:
+        """Move `tally` on to count `resources`; returns the names whose count changed (None: it
+        was counted afresh, as `resources` is unrelated to what it counted before)."""
+        before = tally.resources
+        if before is resources:
+            return frozenset()
+        changed = self.between(resources, before) if before is not None else None
+        tally.resources = resources
+        if changed is None:
+            tally.counts = Counter(n for r in resources.values() for t, n in getattr(r, tally.relation) if t == tally.type_url)
+            return None
+        assert before is not None
+        counts, moved = tally.counts, set()
+        for name in changed:
+            for side, step in ((before.get(name), -1), (resources.get(name), 1)):
+                for t, n in getattr(side, tally.relation) if side is not None else ():
+                    if t == tally.type_url:
+                        moved.add(n)
+                        counts[n] += step
+                        if not counts[n]:
+                            del counts[n]
+        return frozenset(moved)
 
 
-def copied(resources: Resources) -> dict[str, Resource]:
-    """A dict copy: a C copy for a dict or a mapping proxy (dict(proxy) goes item by item)."""
-    if isinstance(resources, (dict, MappingProxyType)):
-        return resources.copy()
-    return dict(resources)
+class Tally:
+    """How many resources of one mapping name each name of a type, by one relation ("asks" or
+    "needs"): kept for one role (say, the route configurations a gateway applied) as the mapping
+    in that role moves on, by `Lineage.follow`, instead of being recounted for every mapping."""
+
+    __slots__ = ("relation", "type_url", "resources", "counts")
+
+    def __init__(self, relation: str, type_url: str) -> None:
+        self.relation, self.type_url = relation, type_url
+        self.resources: Resources | None = None
+        self.counts: Counter[str] = Counter()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.counts
+
+
+__all__ = ["Lineage", "Resources", "Tally", "copied"]

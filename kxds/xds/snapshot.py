@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from google.protobuf import any_pb2, message
 
+from kxds.xds.patched import patched
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Encoded, content_version
 
 
@@ -111,7 +112,7 @@ class Snapshot:
 
     def with_changes(self, serial: int, changes: Mapping[str, Mapping[str, Resource | None]]) -> Snapshot:
         """A new snapshot where only these resources differ: type URL → name → the new resource, or
-        None for one that is gone. Costs a copy of each changed type's mapping, no comparison."""
+        None for one that is gone. Costs O(changed): each changed type's mapping is patched, not copied."""
         resources = dict(self.resources)
         folds = dict(self._folds)
         recorded = dict(self._changes)
@@ -119,18 +120,14 @@ class Snapshot:
             if not changed:
                 continue
             current = self.of_type(type_url)
-            # A mapping proxy's copy is its dict's (a C copy); dict(proxy) would go item by item.
-            updated = current.copy() if isinstance(current, MappingProxyType) else dict(current)
             fold = folds.get(type_url)
-            for name, resource in changed.items():
-                old = updated.pop(name, None)
-                if resource is not None:
-                    updated[name] = resource
-                if fold is not None:
-                    fold ^= (entry_digest(name, old.version) if old is not None else 0) ^ (entry_digest(name, resource.version) if resource is not None else 0)
             if fold is not None:
+                for name, resource in changed.items():
+                    old = current.get(name)
+                    fold ^= (entry_digest(name, old.version) if old is not None else 0) ^ (entry_digest(name, resource.version) if resource is not None else 0)
                 folds[type_url] = fold
-            resources[type_url] = MappingProxyType(updated)
+            stepped = patched(current, changed)
+            resources[type_url] = MappingProxyType(stepped) if isinstance(stepped, dict) else stepped
             recorded[type_url] = (current, frozenset(changed))
         return Snapshot(serial=serial, resources=MappingProxyType(resources), _folds=folds, _changes=recorded)
 

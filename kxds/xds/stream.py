@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from kxds.xds.lineage import Lineage, copied
+from kxds.xds.lineage import Lineage, Tally
 from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
+from kxds.xds.subscription import Subscribed
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 WILDCARD = "*"
@@ -83,7 +84,7 @@ class TypeState:
 
     requested: bool = False
     wildcard: bool = False
-    names: frozenset[str] = frozenset()
+    names: Subscribed = field(default_factory=Subscribed)
     named_explicitly: bool = False
     last_nonce: str = ""
     pending: _Response | None = None  # sent, not yet ACKed or NACKed
@@ -96,12 +97,24 @@ class TypeState:
     force: bool = False
     # Newest snapshot whose resources of this type the gateway has applied.
     applied_serial: int = -1
-    # (snapshot mapping, names, the part of it asked for): `_requested`'s memo.
-    covered: tuple[Mapping[str, Resource], frozenset[str], Mapping[str, Resource]] | None = None
+    # (snapshot mapping, `names.serial`, the part of it asked for): `_requested`'s memo.
+    covered: tuple[Mapping[str, Resource], int, Mapping[str, Resource]] | None = None
 
     @property
     def acked_resources(self) -> Mapping[str, Resource]:
         return self.acked.resources if self.acked else {}
+
+
+@dataclass(slots=True)
+class _Unasked:
+    """What `_asked_for` knows of one (parent type, child type): the names the parent's applied
+    resources ask for that the snapshot has and the gateway has not asked for, as of these inputs."""
+
+    asks: Tally
+    available: Mapping[str, Resource] | None = None
+    names: Subscribed | None = None
+    names_serial: int = -1
+    unasked: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -115,15 +128,16 @@ class SotwStream:
     _events: list[Event] = field(default_factory=list)
     # How the mappings this stream holds and sends derive from each other (diffs in O(changed)).
     _lineage: Lineage = field(default_factory=Lineage)
-    # (type URL, id of a response's asked names) → (those names, the names asked for, the snapshot's
-    # mapping, whether every name of it they name is asked for).
-    _asked_memo: dict[tuple[str, int], tuple[frozenset[str], frozenset[str], Mapping[str, Resource], bool]] = field(default_factory=dict)
+    # (parent type, child type) → `_asked_for`'s memo; (dependent type, "acked" or "pending") → the
+    # clusters that response's resources need. Both follow their mappings along the lineage.
+    _unasked: dict[tuple[str, str], _Unasked] = field(default_factory=dict)
+    _needs: dict[tuple[str, str], Tally] = field(default_factory=dict)
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if self.node is None and request.HasField("node"):
             self.node = request.node  # only the first request is guaranteed to carry it
         type_url = request.type_url
-        state = self.types.setdefault(type_url, TypeState())
+        state = self.types.get(type_url) or self._new_state(type_url)
         nonce = request.response_nonce
         if nonce and nonce != state.last_nonce:
             # An ACK/NACK overtaken by a newer response: record nothing, send nothing (§2.2).
@@ -139,6 +153,11 @@ class SotwStream:
                 self._accept(type_url, state)
         self._subscribe(state, request.resource_names, prune=type_url not in FULL_STATE)
         return self._pump()
+
+    def _new_state(self, type_url: str) -> TypeState:
+        # The subscription logs as many changes as the lineage remembers derivations.
+        state = self.types[type_url] = TypeState(names=Subscribed(self._lineage.capacity))
+        return state
 
     def on_snapshot(self, snapshot: Snapshot) -> list[discovery_pb2.DiscoveryResponse]:
         self._take(snapshot)
@@ -183,8 +202,9 @@ class SotwStream:
         state.named_explicitly = state.named_explicitly or bool(explicit)
         # A SotW ACK repeats every subscribed name (20,000 route configurations at 10,000
         # Ingresses): the same set keeps the same object, so what was memoised on it holds.
-        state.wildcard, state.names = wildcard, state.names if explicit == state.names else explicit
-        if prune and not state.wildcard and state.acked is not None and state.acked.resources.keys() - state.names:
+        state.wildcard = wildcard
+        state.names.replace(explicit)
+        if prune and not state.wildcard and state.acked is not None and state.acked.resources.keys() - state.names.view:
             # Names no longer asked for are dropped by the gateway (a removed scope's routes): what
             # it holds no longer keeps their clusters in CDS.
             # Its version is that of what remains, so asking for a dropped name again is answered.
@@ -230,6 +250,7 @@ class SotwStream:
         for type_url in idle:
             self._caught_up(type_url)
         self._update_synced()
+        self._keep_up()
         return out
 
     def _caught_up(self, type_url: str) -> bool:
@@ -256,7 +277,7 @@ class SotwStream:
                 continue
             if state.applied_serial < self.snapshot.serial or state.acked is None:
                 return -1
-            if not child.wildcard and not self._asked_for(type_url, state.acked, child):
+            if not child.wildcard and not self._asked_for(type_url, parent, state.acked, child):
                 return -1  # a delta gateway may ACK the parent before it subscribes to what it names
         return self.snapshot.serial
 
@@ -300,18 +321,29 @@ class SotwStream:
         """Names `held` has and `desired` lacks."""
         return self._lineage.missing(desired, held)
 
-    def _asked_for(self, type_url: str, parent: _Response, child: TypeState) -> bool:
-        """Has the gateway asked for every resource of the snapshot that `parent` names? Memoised
-        on the objects compared (all immutable), so it is computed once per change."""
-        asked, names = self._lineage.named(parent.resources, "asks", type_url), child.names
-        available = self.snapshot.of_type(type_url)
-        memo = self._asked_memo.get((type_url, id(asked)))
-        if memo is None or memo[0] is not asked or memo[1] is not names or memo[2] is not available:
-            if len(self._asked_memo) > 8:
-                self._asked_memo.clear()  # entries of responses long replaced: keep none alive
-            # Usually every name it names is asked for; else only those the snapshot has count.
-            memo = self._asked_memo[(type_url, id(asked))] = (asked, names, available, asked <= names or asked & available.keys() <= names)
-        return memo[3]
+    def _asked_for(self, type_url: str, parent_type: str, parent: _Response, child: TypeState) -> bool:
+        """Has the gateway asked for every resource of the snapshot that `parent` names? Worked out
+        from the last answer and the names changed since in any of the three inputs."""
+        memo = self._unasked.get((parent_type, type_url))
+        if memo is None:
+            memo = self._unasked[(parent_type, type_url)] = _Unasked(Tally("asks", type_url))
+        available, names = self.snapshot.of_type(type_url), child.names
+        if memo.available is available and memo.names is names and memo.names_serial == names.serial and memo.asks.resources is parent.resources:
+            return not memo.unasked
+        moved = self._lineage.follow(memo.asks, parent.resources)
+        arrived = self._lineage.between(available, memo.available) if memo.available is not None else None
+        subscribed = names.since(memo.names_serial) if memo.names is names else None
+        asks = memo.asks
+        if moved is None or arrived is None or subscribed is None:
+            memo.unasked = {n for n in asks.counts if n in available and n not in names}
+        else:
+            for name in moved | arrived | subscribed:
+                if name in asks and name in available and name not in names:
+                    memo.unasked.add(name)
+                else:
+                    memo.unasked.discard(name)
+        memo.available, memo.names, memo.names_serial = available, names, names.serial
+        return not memo.unasked
 
     def _requested(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
@@ -320,27 +352,26 @@ class SotwStream:
         available = self.snapshot.of_type(type_url)
         if state.wildcard:
             return available
-        covered = state.covered
-        if covered is not None and covered[0] is available and covered[1] is state.names:
+        names, covered = state.names, state.covered
+        if covered is not None and covered[0] is available and covered[1] == names.serial:
             return covered[2]
-        if available.keys() <= state.names:
-            part: Mapping[str, Resource] = available
+        changed = None
+        if covered is not None:
+            arrived, subscribed = self._lineage.between(available, covered[0]), names.since(covered[1])
+            changed = arrived | subscribed if arrived is not None and subscribed is not None else None
+        part: Mapping[str, Resource]
+        if changed is None:
+            part = available if available.keys() <= names.view else {n: available[n] for n in names.view if n in available}
         else:
-            changed = self._lineage.between(available, covered[0]) if covered is not None else None
-            if covered is not None and changed is not None:
-                changed |= state.names ^ covered[1]
-                before = covered[2]
-                derived = copied(before)
-                for name in changed:
-                    if name in state.names and name in available:
-                        derived[name] = available[name]
-                    else:
-                        derived.pop(name, None)
-                self._lineage.record(derived, before, changed)
+            assert covered is not None
+            before = covered[2]
+            # The part is the whole snapshot mapping exactly when it is as large.
+            size = len(before) + sum((n in available and n in names) - (n in before) for n in changed)
+            if size == len(available):
+                part = available
             else:
-                derived = {n: available[n] for n in state.names if n in available}
-            part = derived
-        state.covered = (available, state.names, part)
+                part = self._lineage.derive(before, {n: available[n] if n in names and n in available else None for n in changed})
+        state.covered = (available, names.serial, part)
         return part
 
     def _desired(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
@@ -348,18 +379,14 @@ class SotwStream:
         if type_url == CLUSTER:
             # Keep every cluster that a route or listener the gateway holds (or is being sent) names.
             held = state.acked_resources
-            if held is not desired and not held.keys() <= desired.keys():  # some cluster is on its way out
-                named: set[str] = set()
-                for dependent in DEPENDENTS:
-                    other = self.types.get(dependent, TypeState())
-                    for response in (other.acked, other.pending):
-                        if response is not None:
-                            named |= self._lineage.named(response.resources, "needs", CLUSTER)
-                kept = {name: held[name] for name in named - desired.keys() if name in held}
+            leaving = self._lineage.missing(desired, held) if held is not desired else []
+            if leaving:
+                needed = [self._needed(dependent, slot, response) for dependent in DEPENDENTS if dependent in self.types
+                          for slot, response in (("acked", self.types[dependent].acked), ("pending", self.types[dependent].pending))
+                          if response is not None]
+                kept = {name: held[name] for name in leaving if any(name in tally for tally in needed)}
                 if kept:
-                    base, desired = desired, copied(desired)
-                    desired.update(kept)
-                    self._lineage.record(desired, base, kept)
+                    desired = self._lineage.derive(desired, kept)
         elif type_url in DEPENDENTS:
             held = state.acked_resources
             # What the gateway already holds at this version had its clusters in place when sent,
@@ -367,18 +394,34 @@ class SotwStream:
             waiting = [name for name in self._diff(type_url, desired, held) if not all(self._applied(t, n) for t, n in desired[name].needs)]
             if waiting:
                 # Not yet: keep what the gateway has until its clusters are warm.
-                base, desired = desired, copied(desired)
-                for name in waiting:
-                    if name in held:
-                        desired[name] = held[name]
-                    else:
-                        del desired[name]
-                self._lineage.record(desired, base, waiting)
+                desired = self._lineage.derive(desired, {name: held.get(name) for name in waiting})
         return desired
+
+    def _keep_up(self) -> None:
+        """Move every tally on to the mappings now in its role, one step at a time: one left behind
+        for long would be too far from them for the lineage to tell what changed."""
+        for (parent_type, type_url), memo in self._unasked.items():
+            parent, child = self.types.get(parent_type), self.types.get(type_url)
+            if parent is not None and parent.acked is not None and child is not None:
+                self._asked_for(type_url, parent_type, parent.acked, child)
+        for (dependent, slot), tally in self._needs.items():
+            state = self.types.get(dependent)
+            response = None if state is None else state.acked if slot == "acked" else state.pending
+            if response is not None:
+                self._lineage.follow(tally, response.resources)
+
+    def _needed(self, dependent: str, slot: str, response: _Response) -> Tally:
+        """The clusters `response` (of a dependent type, in this slot) needs."""
+        tally = self._needs.get((dependent, slot))
+        if tally is None:
+            tally = self._needs[(dependent, slot)] = Tally("needs", CLUSTER)
+        self._lineage.follow(tally, response.resources)
+        return tally
 
     def _applied(self, type_url: str, name: str) -> bool:
         """Has the gateway ACKed this resource and, transitively, everything it needs?"""
-        resource = self.types.get(type_url, TypeState()).acked_resources.get(name)
+        state = self.types.get(type_url)
+        resource = state.acked_resources.get(name) if state is not None else None
         return resource is not None and all(self._applied(t, n) for t, n in resource.needs)
 
     def _covers(self, type_url: str, state: TypeState, desired: Mapping[str, Resource]) -> bool:
