@@ -6,9 +6,12 @@ its defaults; a real Envoy.
 
 For each N: N Knative Services loaded, then `--events` times each: create a Knative Service (two
 revision Services, their EndpointSlices, then the Ingress, as Serving does) until it answers through
-Envoy and until its status says Ready (what `kn service create` waits for, seen by a watch); delete
-it until 404. The emulator's own latency per API call is measured beside, since it is not kxds's:
-each create is five calls, made one after the other, before kxds can see the Ingress.
+Envoy and until its status says Ready (what `kn service create` waits for, seen by a watch); roll
+out a revision (its Service and EndpointSlice, then the Ingress's split and tag moved to it) until
+its traffic reaches it and until the new generation's status says Ready; edit an Ingress in place
+(a header) until the header shows; flip an EndpointSlice until traffic reaches the new endpoint;
+delete a Knative Service until 404. The emulator's own latency per API call is measured beside,
+since it is not kxds's: a create is five calls and a rollout three, made one after the other.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from typing import Any
 from kmock import Server
 from kubernetes import client, watch
 
-from bench.generate import host, ingress, revision_objects
-from bench.run import RESULTS, get, percentiles, proc_cpu_seconds, proc_rss_mib, save, wait
+from bench.generate import endpoint_slice, host, ingress, revision, revision_objects
+from bench.run import RESULTS, get, percentiles, proc_cpu_seconds, proc_rss_mib, revision_header, save, wait
 from tests.e2e.harness import Backends, ControlPlane, Gateway, ListenerPorts
 from tests.kube.emulator import VersionedEmulator
 from tests.kube.test_kubernetes_mode import GROUP, PLURAL, VERSION, kubeconfig
@@ -93,18 +96,27 @@ class Api:
             self.create(doc)
         self.create(ingress(i))
 
+    def roll_out(self, i: int, backend_ports: list[int]) -> None:
+        """Revision 3: its Service and EndpointSlice, then the Ingress moved to it (a new generation)."""
+        for doc in revision_objects(i, backend_ports, revisions=(3,)):
+            self.create(doc)
+        self.patch_ingress(i, {"metadata": {"generation": 2}, "spec": ingress(i, generation=2, latest=3)["spec"]})
+
+    def patch_ingress(self, i: int, body: dict[str, Any]) -> None:
+        self.timed(self.custom.patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, f"svc{i}", body)
+
     def delete_ksvc(self, i: int) -> None:
         self.timed(self.custom.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, f"svc{i}")
 
 
-def ready_watch(api: Api, ready_at: dict[str, float], stop: threading.Event) -> None:
-    """When each Ingress's status first says Ready, as a client sees it: list, then watch from the
-    list's resourceVersion, and again whenever the watch ends."""
+def ready_watch(api: Api, ready_at: dict[tuple[str, int], float], stop: threading.Event) -> None:
+    """When each Ingress's status first says Ready for a generation, as a client sees it: list,
+    then watch from the list's resourceVersion, and again whenever the watch ends."""
 
     def seen(obj: dict[str, Any]) -> None:
-        conditions = (obj.get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-            ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
+        status = obj.get("status") or {}
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+            ready_at.setdefault((obj["metadata"]["name"], int(status.get("observedGeneration") or 0)), time.monotonic())
 
     while not stop.is_set():
         listed = api.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
@@ -135,7 +147,7 @@ def run_size(n: int, events: int, workdir: Path, backends: Backends, backend_por
         except BaseException:
             plane.stop()
             raise
-        ready_at: dict[str, float] = {}
+        ready_at: dict[tuple[str, int], float] = {}
         stop = threading.Event()
         watcher = threading.Thread(target=ready_watch, args=(api, ready_at, stop), daemon=True)
         watcher.start()
@@ -143,15 +155,37 @@ def run_size(n: int, events: int, workdir: Path, backends: Backends, backend_por
             all_ready_s = wait(lambda: len(ready_at) >= n, 1800, 0.1)
             api.calls.clear()
             cpu_before = proc_cpu_seconds(plane.process.pid)
-            routable, ready, gone = [], [], []
+            routable, ready, rolled, rolled_ready, edited, flipped, gone = [], [], [], [], [], [], []
             for k in range(events):
                 i = n + k
                 t0 = time.monotonic()
                 api.create_ksvc(i, backend_ports)
                 wait(lambda i=i: get(ports.external, host(i))[0] == 200, 120, 0.002)
                 routable.append(time.monotonic() - t0)
-                wait(lambda i=i: f"svc{i}" in ready_at, 120, 0.002)
-                ready.append(ready_at[f"svc{i}"] - t0)
+                wait(lambda i=i: (f"svc{i}", 1) in ready_at, 120, 0.002)
+                ready.append(ready_at[(f"svc{i}", 1)] - t0)
+            for k in range(events):
+                i = n + k
+                t0 = time.monotonic()
+                api.roll_out(i, backend_ports)
+                wait(lambda i=i: revision_header(ports.external, host(i)) == revision(i, 3), 120, 0.002)
+                rolled.append(time.monotonic() - t0)
+                wait(lambda i=i: (f"svc{i}", 2) in ready_at, 120, 0.002)
+                rolled_ready.append(ready_at[(f"svc{i}", 2)] - t0)
+            for k in range(events):
+                marker = f"edit-{k}"
+                t0 = time.monotonic()
+                api.patch_ingress(0, {"metadata": {"generation": k + 2}, "spec": ingress(0, generation=k + 2, marker=marker)["spec"]})
+                wait(lambda m=marker: get(ports.external, host(0))[1].get("request", {}).get("headers", {}).get("Bench-Marker") == [m], 120, 0.002)
+                edited.append(time.monotonic() - t0)
+            for k in range(events):
+                target = backend_ports[(k + 1) % len(backend_ports)]
+                t0 = time.monotonic()
+                slice_name = endpoint_slice(revision(0, 1), target)["metadata"]["name"]
+                api.timed(api.discovery.patch_namespaced_endpoint_slice, slice_name, NS, {"ports": endpoint_slice(revision(0, 1), target)["ports"]})
+                # Revision 1 takes 90 %: poll until a response comes from the new endpoint.
+                wait(lambda t=target: get(ports.external, host(0))[1].get("server", {}).get("port") == t, 120, 0.002)
+                flipped.append(time.monotonic() - t0)
             for k in range(events):
                 i = n + k
                 t0 = time.monotonic()
@@ -168,10 +202,14 @@ def run_size(n: int, events: int, workdir: Path, backends: Backends, backend_por
                 "all_statuses_ready_s": round(all_ready_s, 2),
                 "create_routable": percentiles(routable),
                 "create_status_ready": percentiles(ready),
+                "rollout": percentiles(rolled),
+                "rollout_status_ready": percentiles(rolled_ready),
+                "ingress_change": percentiles(edited),
+                "endpoint_flip": percentiles(flipped),
                 "delete": percentiles(gone),
                 "emulator_call_ms": {"p50": round(statistics.median(per_call) * 1000, 1), "max": round(max(per_call) * 1000, 1),
-                                     "calls_per_create": 5},
-                "cpu_per_event_ms": round(cpu / (2 * events) * 1000, 1),
+                                     "calls_per_create": 5, "calls_per_rollout": 3},
+                "cpu_per_event_ms": round(cpu / (5 * events) * 1000, 1),
                 "kxds_rss_mib": round(proc_rss_mib(plane.process.pid), 1),
             }
         finally:
@@ -184,16 +222,17 @@ def run_size(n: int, events: int, workdir: Path, backends: Backends, backend_por
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     lines = [
         f"Command: `{command}`. Kubernetes source: kmock's emulator through the official client; kxds and `kxds bootstrap` defaults.",
-        "Each figure p50 / p95 / max in ms from the first API call of the event (a create is five calls, one after the other).",
+        "Each figure p50 / p95 / max in ms from the first API call of the event (a create is five calls, a rollout three, one after the other).",
         "",
-        "| Ingresses | create → routable | create → status Ready | delete → 404 | emulator per call p50 / max | all statuses Ready after start "
-        "| CPU per event | kxds RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Ingresses | create → routable | create → status Ready | rollout → traffic | rollout → status Ready | edit | endpoint flip "
+        "| delete → 404 | emulator per call p50 / max | all statuses Ready after start | CPU per event | kxds RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cell = lambda p: f"{p['p50_ms']:g} / {p['p95_ms']:g} / {p['max_ms']:g}"  # noqa: E731
         e = r["emulator_call_ms"]
-        lines.append(f"| {r['ingresses']:,} | {cell(r['create_routable'])} | {cell(r['create_status_ready'])} | {cell(r['delete'])} "
+        lines.append(f"| {r['ingresses']:,} | {cell(r['create_routable'])} | {cell(r['create_status_ready'])} | {cell(r['rollout'])} "
+                     f"| {cell(r['rollout_status_ready'])} | {cell(r['ingress_change'])} | {cell(r['endpoint_flip'])} | {cell(r['delete'])} "
                      f"| {e['p50']} / {e['max']} ms | {r['all_statuses_ready_s']} s | {r['cpu_per_event_ms']} ms | {r['kxds_rss_mib']} MiB |")
     return "\n".join(lines) + "\n"
 

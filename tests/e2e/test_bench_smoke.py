@@ -46,7 +46,7 @@ def test_kubernetes_bench_runs_and_reports(tmp_path: Path) -> None:
     (report,) = tmp_path.glob("kube-*.json")
     (measured,) = json.loads(report.read_text())["results"]
     assert measured["ingresses"] == 10
-    for event in ("create_routable", "create_status_ready", "delete"):
+    for event in ("create_routable", "create_status_ready", "rollout", "rollout_status_ready", "ingress_change", "endpoint_flip", "delete"):
         assert measured[event]["p50_ms"] > 0, event
     assert measured["emulator_call_ms"]["p50"] > 0 and measured["cpu_per_event_ms"] > 0
     assert "| 10 |" in (tmp_path / "kube-latest.md").read_text()
