@@ -201,7 +201,7 @@ class SotwStream:
         wildcard = WILDCARD in wanted or (not wanted and not state.named_explicitly)
         state.named_explicitly = state.named_explicitly or bool(explicit)
         # A SotW ACK repeats every subscribed name (20,000 route configurations at 10,000
-        # Ingresses): the same set keeps the same object, so what was memoised on it holds.
+        # Ingresses): the same set is no change, so what was worked out on it still holds.
         state.wildcard = wildcard
         state.names.replace(explicit)
         if prune and not state.wildcard and state.acked is not None and state.acked.resources.keys() - state.names.view:
@@ -400,7 +400,7 @@ class SotwStream:
     def _keep_up(self) -> None:
         """Move every tally on to the mappings now in its role, one step at a time: one left behind
         for long would be too far from them for the lineage to tell what changed."""
-        for (parent_type, type_url), memo in self._unasked.items():
+        for parent_type, type_url in self._unasked:
             parent, child = self.types.get(parent_type), self.types.get(type_url)
             if parent is not None and parent.acked is not None and child is not None:
                 self._asked_for(type_url, parent_type, parent.acked, child)
