@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from kxds.xds.lineage import Lineage, Tally
+from kxds.xds.interest import Interest
+from kxds.xds.lineage import Lineage
 from kxds.xds.snapshot import FULL_STATE, ORDER, Resource, Snapshot, set_version
 from kxds.xds.subscription import Subscribed
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
@@ -106,18 +107,6 @@ class TypeState:
 
 
 @dataclass(slots=True)
-class _Unasked:
-    """What `_asked_for` knows of one (parent type, child type): the names the parent's applied
-    resources ask for that the snapshot has and the gateway has not asked for, as of these inputs."""
-
-    asks: Tally
-    available: Mapping[str, Resource] | None = None
-    names: Subscribed | None = None
-    names_serial: int = -1
-    unasked: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
 class SotwStream:
     snapshot: Snapshot
     node: base_pb2.Node | None = None
@@ -128,10 +117,11 @@ class SotwStream:
     _events: list[Event] = field(default_factory=list)
     # How the mappings this stream holds and sends derive from each other (diffs in O(changed)).
     _lineage: Lineage = field(default_factory=Lineage)
-    # (parent type, child type) → `_asked_for`'s memo; (dependent type, "acked" or "pending") → the
-    # clusters that response's resources need. Both follow their mappings along the lineage.
-    _unasked: dict[tuple[str, str], _Unasked] = field(default_factory=dict)
-    _needs: dict[tuple[str, str], Tally] = field(default_factory=dict)
+    # What its resources name (what parents ask for, what routes need), kept along the lineage.
+    _interest: Interest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._interest = Interest(self._lineage)
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if self.node is None and request.HasField("node"):
@@ -322,28 +312,8 @@ class SotwStream:
         return self._lineage.missing(desired, held)
 
     def _asked_for(self, type_url: str, parent_type: str, parent: _Response, child: TypeState) -> bool:
-        """Has the gateway asked for every resource of the snapshot that `parent` names? Worked out
-        from the last answer and the names changed since in any of the three inputs."""
-        memo = self._unasked.get((parent_type, type_url))
-        if memo is None:
-            memo = self._unasked[(parent_type, type_url)] = _Unasked(Tally("asks", type_url))
-        available, names = self.snapshot.of_type(type_url), child.names
-        if memo.available is available and memo.names is names and memo.names_serial == names.serial and memo.asks.resources is parent.resources:
-            return not memo.unasked
-        moved = self._lineage.follow(memo.asks, parent.resources)
-        arrived = self._lineage.between(available, memo.available) if memo.available is not None else None
-        subscribed = names.since(memo.names_serial) if memo.names is names else None
-        asks = memo.asks
-        if moved is None or arrived is None or subscribed is None:
-            memo.unasked = {n for n in asks.counts if n in available and n not in names}
-        else:
-            for name in moved | arrived | subscribed:
-                if name in asks and name in available and name not in names:
-                    memo.unasked.add(name)
-                else:
-                    memo.unasked.discard(name)
-        memo.available, memo.names, memo.names_serial = available, names, names.serial
-        return not memo.unasked
+        """Has the gateway asked for every resource of the snapshot that `parent` names?"""
+        return self._interest.all_asked(parent_type, type_url, parent.resources, self.snapshot.of_type(type_url), child.names)
 
     def _requested(self, type_url: str, state: TypeState) -> Mapping[str, Resource]:
         """The snapshot's resources this gateway asked for: the snapshot's own mapping when that is
@@ -381,8 +351,8 @@ class SotwStream:
             held = state.acked_resources
             leaving = self._lineage.missing(desired, held) if held is not desired else []
             if leaving:
-                needed = [self._needed(dependent, slot, response) for dependent in DEPENDENTS if dependent in self.types
-                          for slot, response in (("acked", self.types[dependent].acked), ("pending", self.types[dependent].pending))
+                needed = [self._interest.needed(dependent, role, response.resources) for dependent in DEPENDENTS if dependent in self.types
+                          for role, response in (("acked", self.types[dependent].acked), ("pending", self.types[dependent].pending))
                           if response is not None]
                 kept = {name: held[name] for name in leaving if any(name in tally for tally in needed)}
                 if kept:
@@ -398,25 +368,18 @@ class SotwStream:
         return desired
 
     def _keep_up(self) -> None:
-        """Move every tally on to the mappings now in its role, one step at a time: one left behind
-        for long would be too far from them for the lineage to tell what changed."""
-        for parent_type, type_url in self._unasked:
+        def asked(parent_type: str, type_url: str) -> tuple[Mapping[str, Resource], Mapping[str, Resource], Subscribed] | None:
             parent, child = self.types.get(parent_type), self.types.get(type_url)
-            if parent is not None and parent.acked is not None and child is not None:
-                self._asked_for(type_url, parent_type, parent.acked, child)
-        for (dependent, slot), tally in self._needs.items():
-            state = self.types.get(dependent)
-            response = None if state is None else state.acked if slot == "acked" else state.pending
-            if response is not None:
-                self._lineage.follow(tally, response.resources)
+            if parent is None or parent.acked is None or child is None:
+                return None
+            return parent.acked.resources, self.snapshot.of_type(type_url), child.names
 
-    def _needed(self, dependent: str, slot: str, response: _Response) -> Tally:
-        """The clusters `response` (of a dependent type, in this slot) needs."""
-        tally = self._needs.get((dependent, slot))
-        if tally is None:
-            tally = self._needs[(dependent, slot)] = Tally("needs", CLUSTER)
-        self._lineage.follow(tally, response.resources)
-        return tally
+        def held(dependent: str, role: str) -> Mapping[str, Resource] | None:
+            state = self.types.get(dependent)
+            response = None if state is None else state.acked if role == "acked" else state.pending
+            return response.resources if response is not None else None
+
+        self._interest.keep_up(asked, held)
 
     def _applied(self, type_url: str, name: str) -> bool:
         """Has the gateway ACKed this resource and, transitively, everything it needs?"""
