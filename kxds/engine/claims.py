@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 
+from kxds.engine.index import Index
 from kxds.model.ingress import Ingress
 from kxds.translate.gateway import claimed_hosts, precedence
 
@@ -18,7 +19,7 @@ from kxds.translate.gateway import claimed_hosts, precedence
 class Claims:
     def __init__(self) -> None:
         self._hosts: dict[str, frozenset[str]] = {}  # Ingress → the hosts it claims
-        self._contenders: dict[str, set[str]] = {}  # host → Ingresses claiming it
+        self._contenders = Index()  # host → Ingresses claiming it
         self._winners: set[str] = set()  # Ingresses that own their hosts
 
     def add(self, ingress: Ingress, *, won: bool) -> None:
@@ -43,7 +44,7 @@ class Claims:
             reached |= before | hosts
             if now is None:
                 self._winners.discard(key)
-        queue = [(precedence(ingresses[other]), other) for host in reached for other in self._contenders.get(host, ())]
+        queue = [(precedence(ingresses[other]), other) for host in reached for other in self._contenders.get(host)]
         heapq.heapify(queue)
         flipped = set(changed)
         done: set[str] = set()
@@ -55,13 +56,13 @@ class Claims:
             done.add(key)
             hosts = self._hosts.get(key, frozenset())
             wins = not any(other != key and other in self._winners and precedence(ingresses[other]) < rank
-                           for host in hosts for other in self._contenders[host])
+                           for host in hosts for other in self._contenders.get(host))
             if wins == (key in self._winners) and key not in changed:
                 continue
             flipped.add(key)
             (self._winners.add if wins else self._winners.discard)(key)
             for host in hosts:
-                for other in self._contenders[host]:
+                for other in self._contenders.get(host):
                     other_rank = precedence(ingresses[other])
                     if other_rank > rank:
                         heapq.heappush(queue, (other_rank, other))
@@ -69,17 +70,14 @@ class Claims:
 
     def _claim(self, key: str, hosts: frozenset[str]) -> None:
         for host in hosts:
-            self._contenders.setdefault(host, set()).add(key)
+            self._contenders.add(host, key)
         if hosts:
-            self._hosts[key] = self._hosts.get(key, frozenset()) | hosts
+            held = self._hosts.get(key)
+            self._hosts[key] = hosts if held is None else held | hosts
 
     def _unclaim(self, key: str, hosts: frozenset[str]) -> None:
         for host in hosts:
-            contenders = self._contenders.get(host)
-            if contenders is not None:
-                contenders.discard(key)
-                if not contenders:
-                    del self._contenders[host]
+            self._contenders.discard(host, key)
         left = self._hosts.get(key, frozenset()) - hosts
         if left:
             self._hosts[key] = left

@@ -45,6 +45,7 @@ from kxds.xds.snapshot import NONE, Resource, Snapshot
 
 from kxds.engine.assemble import build_snapshot
 from kxds.engine.claims import Claims
+from kxds.engine.index import Index
 
 # Applied to every resource served, by type URL (test-only faults provoke real NACKs with it).
 Transform = Callable[[str, Encoded], Encoded]
@@ -96,9 +97,9 @@ class Engine:
         # Indexes of what is served, set by a full translation and kept by every step.
         self.entries: dict[str, Entry] = {}
         self._claims = Claims()  # host → contending Ingresses, and which own their hosts
-        self._users: dict[str, set[str]] = {}  # Service key → Ingresses naming it
-        self._cluster_users: dict[str, set[str]] = {}  # cluster → programmed Ingresses with it as a backend
-        self._cluster_routes: dict[str, set[str]] = {}  # cluster → programmed Ingresses whose routes name it
+        self._users = Index()  # Service key → Ingresses naming it
+        self._cluster_users = Index()  # cluster → programmed Ingresses with it as a backend
+        self._cluster_routes = Index()  # cluster → programmed Ingresses whose routes name it
         self._backends: dict[str, Backend] = {}  # served cluster → its merged backend
         self._tls_secrets: set[str] = set()  # Secrets some Ingress's spec.tls names
         self._incremental = False  # the last full translation left a world steps can keep
@@ -189,8 +190,8 @@ class Engine:
         return bool(kourier.certs_secret_name or kourier.cluster_cert_secret or self.gateway.default_certificate)
 
     def _index(self, world: World, config: GatewayConfig) -> None:
-        self.entries, self._claims, self._users = {}, Claims(), {}
-        self._cluster_users, self._cluster_routes, self._tls_secrets = {}, {}, set()
+        self.entries, self._claims, self._users = {}, Claims(), Index()
+        self._cluster_users, self._cluster_routes, self._tls_secrets = Index(), Index(), set()
         for ingress in world.ingresses:
             outcome = config.outcomes[ingress.key]
             cached = self.cache.ingresses.get(ingress.key)
@@ -214,7 +215,7 @@ class Engine:
             return None
         touched = set(pending.ingresses)
         for service in pending.services:
-            touched |= self._users.get(service, set())
+            touched.update(self._users.get(service))
         if touched and not self._incremental:
             return None
         for key in touched:
@@ -280,13 +281,9 @@ class Engine:
     def _use(self, key: str, now: Ingress | None, before: Ingress | None) -> None:
         """Service → Ingresses and Secret → Ingresses, for what a later change reaches."""
         for service in before.services if before is not None else ():
-            users = self._users.get(service)
-            if users is not None:
-                users.discard(key)
-                if not users:
-                    del self._users[service]
+            self._users.discard(service, key)
         for service in now.services if now is not None else ():
-            self._users.setdefault(service, set()).add(key)
+            self._users.add(service, key)
         for entry in now.tls if now is not None else ():
             self._tls_secrets.add(f"{entry.secret_namespace}/{entry.secret_name}")
 
@@ -298,14 +295,12 @@ class Engine:
             for mapping, names_ in ((self._cluster_users, entry.result.backends.keys()), (self._cluster_routes, entry.result.clusters)):
                 for name in names_:
                     if index:
-                        mapping.setdefault(name, set()).add(key)
-                    elif name in mapping:
-                        mapping[name].discard(key)
-                        if not mapping[name]:
-                            del mapping[name]
+                        mapping.add(name, key)
+                    else:
+                        mapping.discard(name, key)
 
     def _merged(self, name: str) -> Backend:
-        users = sorted(self._cluster_users[name], key=lambda k: precedence(self.entries[k].ingress))
+        users = sorted(self._cluster_users.get(name), key=lambda k: precedence(self.entries[k].ingress))
         backend: Backend | None = None
         for key in users:
             result = self.entries[key].result

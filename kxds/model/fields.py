@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,9 +56,10 @@ def int_or_string(value: Any, path: str) -> int | str:
 
 
 def string_map(value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    """A map[string]string as name-sorted pairs (deterministic output downstream)."""
+    """A map[string]string as name-sorted pairs (deterministic output downstream). The strings are
+    interned: every Knative Ingress repeats the same header names and most of their values."""
     items = mapping(value, path)
-    return tuple(sorted((str(k), string(v, f"{path}.{k}")) for k, v in items.items()))
+    return tuple(sorted((sys.intern(str(k)), sys.intern(str(string(v, f"{path}.{k}")))) for k, v in items.items()))
 
 
 def _kind(value: Any) -> str:
