@@ -9,7 +9,7 @@ worked out from and moved on from the names that changed in any of them (`Lineag
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kxds.resources import CLUSTER
@@ -24,8 +24,7 @@ class _Unasked:
 
     asks: Tally
     available: Resources | None = None
-    names: Subscribed | None = None
-    names_serial: int = -1
+    names_serial: int = -1  # -1: never worked out
     unasked: set[str] = field(default_factory=set)
 
 
@@ -41,11 +40,11 @@ class Interest:
         memo = self._unasked.get((parent_type, type_url))
         if memo is None:
             memo = self._unasked[(parent_type, type_url)] = _Unasked(Tally("asks", type_url))
-        if memo.available is available and memo.names is names and memo.names_serial == names.serial and memo.asks.resources is parent:
+        if memo.available is available and memo.names_serial == names.serial and memo.asks.resources is parent:
             return not memo.unasked
         moved = self._lineage.follow(memo.asks, parent)
         arrived = self._lineage.between(available, memo.available) if memo.available is not None else None
-        subscribed = names.since(memo.names_serial) if memo.names is names else None
+        subscribed = names.since(memo.names_serial) if memo.names_serial >= 0 else None
         asks = memo.asks
         if moved is None or arrived is None or subscribed is None:
             memo.unasked = {n for n in asks.counts if n in available and n not in names}
@@ -55,7 +54,7 @@ class Interest:
                     memo.unasked.add(name)
                 else:
                     memo.unasked.discard(name)
-        memo.available, memo.names, memo.names_serial = available, names, names.serial
+        memo.available, memo.names_serial = available, names.serial
         return not memo.unasked
 
     def needed(self, dependent: str, role: str, resources: Resources) -> Tally:
@@ -66,16 +65,10 @@ class Interest:
         self._lineage.follow(tally, resources)
         return tally
 
-    def keep_up(self, asked: Callable[[str, str], tuple[Resources, Resources, Subscribed] | None],
-                held: Callable[[str, str], Resources | None]) -> None:
-        """Move every answer on to the inputs now in its place (`asked` gives a (parent type, child
-        type)'s, `held` a dependent role's), one step at a time: one left behind for long would be
-        too far from them for the lineage to tell what changed."""
-        for parent_type, type_url in self._unasked:
-            inputs = asked(parent_type, type_url)
-            if inputs is not None:
-                self.all_asked(parent_type, type_url, *inputs)
-        for (dependent, role), tally in self._needs.items():
-            resources = held(dependent, role)
-            if resources is not None:
-                self._lineage.follow(tally, resources)
+    def asked_pairs(self) -> Iterable[tuple[str, str]]:
+        """The (parent type, child type) pairs `all_asked` keeps an answer for."""
+        return list(self._unasked)
+
+    def needing_roles(self) -> Iterable[tuple[str, str]]:
+        """The (dependent type, role) pairs `needed` keeps a tally for."""
+        return list(self._needs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from kxds.xds.patched import copied, patched
+from kxds.xds.patched import patched
 from kxds.xds.snapshot import Resource, entry_digest, fold, folded_version
 
 Resources = Mapping[str, Resource]
@@ -155,6 +155,3 @@ class Tally:
 
     def __contains__(self, name: object) -> bool:
         return name in self.counts
-
-
-__all__ = ["Lineage", "Resources", "Tally", "copied"]

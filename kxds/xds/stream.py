@@ -23,6 +23,8 @@ from kxds.xds.subscription import Subscribed
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
 WILDCARD = "*"
+# The responses of a type a gateway holds: the one it applied and the one on its way.
+ROLES = ("acked", "pending")
 # Types whose resources wait for the clusters they name: routes, and listeners calling ext-authz
 # or a tracing collector.
 DEPENDENTS = (LISTENER, ROUTE)
@@ -351,9 +353,8 @@ class SotwStream:
             held = state.acked_resources
             leaving = self._lineage.missing(desired, held) if held is not desired else []
             if leaving:
-                needed = [self._interest.needed(dependent, role, response.resources) for dependent in DEPENDENTS if dependent in self.types
-                          for role, response in (("acked", self.types[dependent].acked), ("pending", self.types[dependent].pending))
-                          if response is not None]
+                needed = [self._interest.needed(dependent, role, response.resources) for dependent in DEPENDENTS for role in ROLES
+                          if (response := self._response(dependent, role)) is not None]
                 kept = {name: held[name] for name in leaving if any(name in tally for tally in needed)}
                 if kept:
                     desired = self._lineage.derive(desired, kept)
@@ -368,18 +369,23 @@ class SotwStream:
         return desired
 
     def _keep_up(self) -> None:
-        def asked(parent_type: str, type_url: str) -> tuple[Mapping[str, Resource], Mapping[str, Resource], Subscribed] | None:
+        """Move every answer the interest keeps on to what is now in its place, one step at a time:
+        one left behind for long would be too far from it for the lineage to tell what changed."""
+        for parent_type, type_url in self._interest.asked_pairs():
             parent, child = self.types.get(parent_type), self.types.get(type_url)
-            if parent is None or parent.acked is None or child is None:
-                return None
-            return parent.acked.resources, self.snapshot.of_type(type_url), child.names
+            if parent is not None and parent.acked is not None and child is not None:
+                self._asked_for(type_url, parent_type, parent.acked, child)
+        for dependent, role in self._interest.needing_roles():
+            response = self._response(dependent, role)
+            if response is not None:
+                self._interest.needed(dependent, role, response.resources)
 
-        def held(dependent: str, role: str) -> Mapping[str, Resource] | None:
-            state = self.types.get(dependent)
-            response = None if state is None else state.acked if role == "acked" else state.pending
-            return response.resources if response is not None else None
-
-        self._interest.keep_up(asked, held)
+    def _response(self, type_url: str, role: str) -> _Response | None:
+        """The response of this type the gateway applied ("acked") or is being sent ("pending")."""
+        state = self.types.get(type_url)
+        if state is None:
+            return None
+        return state.acked if role == "acked" else state.pending
 
     def _applied(self, type_url: str, name: str) -> bool:
         """Has the gateway ACKed this resource and, transitively, everything it needs?"""

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kxds.resources import ROUTE, SCOPED_ROUTE
-from kxds.xds.lineage import Lineage, Resources, Tally, copied
+from kxds.xds.lineage import Lineage, Resources, Tally
+from kxds.xds.patched import copied
 from kxds.xds.snapshot import Resource, set_version
 
 NAMES = [f"r{n}" for n in range(12)]
