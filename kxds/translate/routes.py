@@ -95,7 +95,9 @@ def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disa
             contributions["internal"].setdefault(host, []).append(index)
             contributions["external" if is_external else "cluster_local"].setdefault(host, []).append(index)
     filters = _VhostFilters(ingress) if ext_authz else None
-    vhosts = {kind: _grouped(ingress.key, hosts, rule_routes, filters) for kind, hosts in contributions.items()}
+    # The private gateway's vhosts are the public and cluster-local ones again: each built once.
+    made: dict[tuple[tuple[int, ...], tuple[str, ...]], VirtualHost] = {}
+    vhosts = {kind: _grouped(ingress.key, hosts, rule_routes, filters, made) for kind, hosts in contributions.items()}
     return IngressVirtualHosts(
         external=vhosts["external"], internal=vhosts["internal"], cluster_local=vhosts["cluster_local"], clusters=frozenset(clusters)
     )
@@ -143,19 +145,24 @@ class _VhostFilters:
 
 
 def _grouped(ingress_key: str, contributions: dict[str, list[int]], rule_routes: list[list[tuple[int, bytes]]],
-             filters: _VhostFilters | None) -> tuple[VirtualHost, ...]:
+             filters: _VhostFilters | None, made: dict[tuple[tuple[int, ...], tuple[str, ...]], VirtualHost]) -> tuple[VirtualHost, ...]:
+    """One vhost per set of hosts sharing the same rules; `made` holds the vhosts built so far
+    for this Ingress (a vhost depends only on its hosts and their rules)."""
     by_rules: dict[tuple[int, ...], list[str]] = {}
     for host, rules in contributions.items():
         by_rules.setdefault(tuple(rules), []).append(host)
     out = []
     for indexes, hosts in by_rules.items():
-        ordered = sorted(hosts)
-        tail = filters.of(ordered[0]) if filters is not None else b""
-        out.append(_vhost(ingress_key, ordered, [r for i in indexes for r in rule_routes[i]], tail))
+        ordered = tuple(sorted(hosts))
+        vhost = made.get((indexes, ordered))
+        if vhost is None:
+            tail = filters.of(ordered[0]) if filters is not None else b""
+            vhost = made[(indexes, ordered)] = _vhost(ingress_key, ordered, [r for i in indexes for r in rule_routes[i]], tail)
+        out.append(vhost)
     return tuple(sorted(out, key=lambda v: v.name))
 
 
-def _vhost(ingress_key: str, hosts: list[str], routes: list[tuple[int, bytes]], tail: bytes) -> VirtualHost:
+def _vhost(ingress_key: str, hosts: tuple[str, ...], routes: list[tuple[int, bytes]], tail: bytes) -> VirtualHost:
     # Longest prefix first; the sort is stable, so each probe copy stays ahead of its original.
     ordered = sorted(routes, key=lambda r: -r[0])
     # `host:*` matches an authority that carries a port, as gRPC clients send (envoy#886).
@@ -163,7 +170,7 @@ def _vhost(ingress_key: str, hosts: list[str], routes: list[tuple[int, bytes]], 
     name = names.vhost_name(ingress_key, hosts[0])
     head = [length_delimited(_VHOST_NAME, name.encode()), *(length_delimited(_VHOST_DOMAINS, d.encode()) for d in domains)]
     data = b"".join([*head, *(length_delimited(_VHOST_ROUTES, route) for _, route in ordered), tail])
-    return VirtualHost(Encoded(name, data, content_version(data)), tuple(hosts))
+    return VirtualHost(Encoded(name, data, content_version(data)), hosts)
 
 
 def _route_name(ingress_key: str, host: str, path: str) -> bytes:
