@@ -141,7 +141,8 @@ class StatusWriter:
         self._verify = verify
         self._limiter = limiter
         self._workers = workers
-        self.observed: dict[str, Mapping[str, Any]] = {}  # "ns/name" → raw object as last seen
+        # "ns/name" → what a write needs of the object as last seen (see `_kept`).
+        self.observed: dict[str, Mapping[str, Any]] = {}
         self._dirty: set[str] = set()
         self._waiting: set[str] = set()
         self._all = True
@@ -162,7 +163,7 @@ class StatusWriter:
             self._waiting.discard(key)
             return
         before = self.observed.get(key)
-        self.observed[key] = raw
+        raw = self.observed[key] = _kept(raw)
         # The echo of our own write changes nothing; a new generation or someone else's status does.
         if before is None or _generation(before) != _generation(raw) or _comparable(before.get("status")) != _comparable(raw.get("status")):
             self._dirty.add(key)
@@ -236,6 +237,15 @@ class StatusWriter:
             log.warning("event.write_failed", ingress=key, reason=reason, error=repr(exc))
             return
         self._announced[key] = (reason, message)
+
+
+def _kept(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an Ingress a status write reads: its generation, its uid (for Events) and its
+    status. A whole object as the API serves it (spec, annotations, managedFields) is tens of
+    kilobytes once decoded, held for every Ingress."""
+    metadata = raw.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    return {"metadata": {"generation": metadata.get("generation"), "uid": metadata.get("uid")}, "status": raw.get("status")}
 
 
 def _generation(raw: Mapping[str, Any]) -> int:

@@ -109,3 +109,22 @@ async def test_the_rate_limiter_allows_a_burst_then_the_rate() -> None:
         await limiter.acquire()
     assert time.monotonic() - started >= 4 / 20 - 0.01  # then 20 a second
     await asyncio.sleep(0)
+
+
+async def test_the_writer_keeps_only_what_a_write_reads_of_each_ingress() -> None:
+    """10,000 Ingresses as the API serves them (spec, annotations, managedFields) are hundreds of
+    megabytes decoded: the writer keeps generation, uid and status, and still writes and records
+    Events from them."""
+    cluster = Cluster(1)
+    cluster.statuses["ns/i0"] = status("i0", ready=False)
+    recorded: list[tuple[str, ...]] = []
+    writer = StatusWriter(cluster.status_of, cluster.patch, LoadBalancers(), record=lambda *event: recorded.append(event))
+    bulky = {"metadata": {"name": "i0", "namespace": "ns", "generation": 3, "uid": "u-1", "managedFields": [{"f": "x" * 4096}],
+                          "annotations": {"a": "b" * 4096}},
+             "spec": {"rules": [{"hosts": ["h" * 200] * 20}]}, "status": {"observedGeneration": 2}}
+    writer.observe("ns/i0", bulky)
+    assert writer.observed["ns/i0"] == {"metadata": {"generation": 3, "uid": "u-1"}, "status": {"observedGeneration": 2}}
+    cluster.statuses["ns/i0"] = IngressStatus(namespace="ns", name="i0", ready=False, reason="BackendNotFound", message="gone", hash="h", hosts=())
+    assert await writer.sync() == 1
+    assert writer.observed["ns/i0"]["status"]["observedGeneration"] == 3
+    assert [(e[2], e[4]) for e in recorded] == [("u-1", "BackendNotFound")]
