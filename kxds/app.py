@@ -23,6 +23,7 @@ from kxds.bootstrap import split_address
 from kxds import __version__
 from kxds.controller import Controller
 from kxds.readiness import IngressStatus
+from kxds.memory import RELEASE_AFTER_BYTES, Releaser, release_free_memory
 from kxds.metrics import Metrics
 from kxds.model.objects import Filters, ObjectKey
 from kxds.pki import GATEWAY_IDENTITY
@@ -92,6 +93,8 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         stack.callback(admin.stop)
         bound_admin = admin.port
         tasks.append(asyncio.create_task(controller.run()))
+        churn = lambda: fleet.sent_bytes + controller.translations * RELEASE_AFTER_BYTES  # noqa: E731
+        tasks.append(asyncio.create_task(_release_memory(Releaser(churn))))
         stack.push_async_callback(_cancel, tasks)
         log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, ingress_class=settings.ingress_class,
                  source="kubernetes" if settings.kubernetes is not None else str(settings.source_dir))
@@ -147,6 +150,15 @@ async def _renew_gateway_bundle(provisioner: Provisioner, leads: Callable[[], bo
                 await asyncio.to_thread(provisioner.ensure_gateway_bundle)
             except Exception:  # the API may be briefly unreachable: the next round tries again
                 log.exception("pki.renewal_failed")
+
+
+async def _release_memory(releaser: Releaser, interval: float = 2.0) -> None:
+    """Hand freed heap back to the operating system after bursts (memory.py); the call walks the
+    heap, so it runs off the event loop."""
+    while True:
+        await asyncio.sleep(interval)
+        if releaser.take():
+            await asyncio.to_thread(release_free_memory)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

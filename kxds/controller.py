@@ -99,6 +99,7 @@ class Controller:
         self.primed = False
         self._rebuilt = asyncio.Event()
         self.rebuilds = 0  # counts `_rebuilt` signals, so a waiter can tell it missed one
+        self.translations = 0  # full translations so far (each frees what the one before built)
         # Convergence: when the oldest change not yet in a snapshot arrived, and, per published
         # serial, when the oldest change it carries arrived (observed once every gateway ACKed it).
         self._changed_at: float | None = None
@@ -176,6 +177,7 @@ class Controller:
             world = replace(world, ingresses=kept)
         self._serial += 1
         config, snapshot = await asyncio.to_thread(self._translate, world, self._serial, not (held or deferred))
+        self.translations += 1
         elapsed = time.perf_counter() - started
         self._metrics.build_seconds.observe(elapsed)
         outcomes: list[tuple[Ingress | RejectedIngress, Outcome]] = [(i, config.outcomes[i.key]) for i in world.ingresses]

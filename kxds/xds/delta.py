@@ -92,7 +92,7 @@ class DeltaStream(SotwStream):
 
     def _delta_respond(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], changed: list[str],
                        removed: list[str], serial: int) -> discovery_pb2.DeltaDiscoveryResponse:
-        nonce = self._sending(type_url, state, version, desired, serial, len(changed))
+        nonce = self._sending(type_url, state, version, desired, serial, changed)
         response = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed)
         add = response.resources.add  # each resource's bytes copied once, into the response
         for name in changed:

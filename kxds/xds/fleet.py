@@ -63,6 +63,7 @@ class Fleet:
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self.generation = 0  # counts changes of any gateway's state (the admin pages' cache key)
+        self.sent_bytes = 0  # resource bytes sent to gateways so far
         self.on_change: list[Callable[[], None]] = []  # called whenever a gateway's state moves
         # Called with every rejection kxds should act on, and the serial the rejecting gateway has applied.
         self.on_nack: list[Callable[[xs.Nacked, int], None]] = []
@@ -154,8 +155,9 @@ class Fleet:
         kind = SHORT_NAMES[event.type_url]
         node = gateway.node_id
         match event:
-            case xs.Sent(version=version, nonce=nonce, resources=count):
+            case xs.Sent(version=version, nonce=nonce, resources=count, size=size):
                 self._metrics.responses.labels(kind).inc()
+                self.sent_bytes += size
                 log.info("xds.push", gateway=gateway.id, node=node, type=kind, version=version, nonce=nonce, resources=count)
             case xs.Acked(version=version):
                 self._metrics.acks.labels(kind).inc()

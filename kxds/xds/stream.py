@@ -43,6 +43,7 @@ class Sent:
     version: str
     nonce: str
     resources: int
+    size: int = field(default=0, compare=False)  # bytes of the resources carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,20 +289,20 @@ class SotwStream:
             # RDS/EDS: Envoy updates only the watches whose resources a response carries and keeps
             # the others (xds-protocol.md §2.4), so an endpoint flip is one assignment on the wire.
             sent = self._diff(type_url, desired, state.acked_resources)
-        nonce = self._sending(type_url, state, version, desired, serial, len(sent))
+        nonce = self._sending(type_url, state, version, desired, serial, sent)
         response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         add = response.resources.add  # each resource's bytes copied once, into the response
         for name in sent:
             add(type_url=desired[name].type_url, value=desired[name].data)
         return response
 
-    def _sending(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int, count: int) -> str:
-        """Record a response about to go out (`count` resources on the wire); returns its nonce."""
+    def _sending(self, type_url: str, state: TypeState, version: str, desired: Mapping[str, Resource], serial: int, sent: list[str]) -> str:
+        """Record a response about to go out (the resources `sent` on the wire); returns its nonce."""
         self._nonce += 1
         nonce = str(self._nonce)
         # What the gateway holds once it ACKs is the whole desired set, sent or not.
         state.pending, state.last_nonce, state.force = _Response(version, nonce, desired, serial, self.snapshot.serial), nonce, False
-        self._events.append(Sent(type_url, version, nonce, count))
+        self._events.append(Sent(type_url, version, nonce, len(sent), sum(len(desired[name].data) for name in sent)))
         return nonce
 
     def _diff(self, type_url: str, desired: Mapping[str, Resource], held: Mapping[str, Resource]) -> list[str]:
