@@ -76,9 +76,10 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def proc_rss_mib(pid: int) -> float:
+def proc_rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS), or the most it ever was (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -171,6 +172,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
     try:
         cold = wait(lambda: connectable(ports["admin"]), 600, 0.05)
         kxds_cpu_primed = proc_cpu_seconds(kxds.pid)
+        rss = {"primed": round(proc_rss_mib(kxds.pid), 1)}
         envoy_log = open(workdir / f"envoy-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
         bootstrap = render_bootstrap(f"{LOCAL}:{ports['xds']}", ports["envoy_admin"], trim_stats=trim_stats, delta=MODES[mode][1],
                                      tls=XdsClientPki(directory=str(workdir / "pki" / "gateway")))
@@ -186,6 +188,7 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
         routed = wait(all_ready, 900, 0.25)
         # Who worked while Envoy caught up: kxds serving it, or Envoy applying what it was sent.
         sync_cpu = {"kxds_s": round(proc_cpu_seconds(kxds.pid) - kxds_cpu_primed, 2), "envoy_s": round(proc_cpu_seconds(envoy.pid), 2)}
+        rss["synced"] = round(proc_rss_mib(kxds.pid), 1)
         sample = random.Random(n).sample(range(n), min(n, 50))
         assert all(get(ports["external"], host(i))[0] == 200 for i in sample), "a sampled Ingress is not routed"
         cpu_before = proc_cpu_seconds(kxds.pid)
@@ -225,6 +228,8 @@ def run_size(n: int, changes: int, workdir: Path, backend_ports: list[int], trim
             "cpu_per_change_ms": round(cpu_changes / changes * 1000, 1),
             **events,
             "kxds_rss_mib": round(proc_rss_mib(kxds.pid), 1),
+            # Where it grew: once primed (before any gateway), once Envoy had everything, and the peak.
+            "kxds_rss_phases_mib": {**rss, "peak": round(proc_rss_mib(kxds.pid, "VmHWM"), 1)},
             "envoy_heap_mib": round(int(memory["heap_size"]) / 2**20, 1),
             "envoy_allocated_mib": round(int(memory["allocated"]) / 2**20, 1),
         }
