@@ -177,6 +177,7 @@ def _route_name(ingress_key: str, host: str, path: str) -> bytes:
     return length_delimited(_ROUTE_NAME, names.route_name(ingress_key, host, path).encode())
 
 
+@functools.lru_cache(maxsize=4096)  # Knative's matches repeat across Ingresses: "/", the probe and tag headers
 def _match(prefix: str, pairs: tuple[tuple[str, str], ...]) -> bytes:
     headers = [
         rc.HeaderMatcher(name=n, string_match=string_pb2.StringMatcher(exact=v))
