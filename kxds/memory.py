@@ -34,18 +34,21 @@ def release_free_memory() -> bool:
 
 
 class Releaser:
-    """Says when to release: once `threshold` units of churn (bytes sent, full translations
-    weighted as that many bytes) have happened since the last release — after bursts, never
-    while idle. Churn counted from zero, so what priming freed is released at the first look."""
+    """Says when to release: after a burst — at least `threshold` units of churn (bytes sent,
+    full translations weighted as that many bytes) since the last release — once it has died down
+    (less than an eighth of that since the previous look), when what the burst freed is free:
+    a release in mid-burst leaves the rest of its garbage resident. Never while idle. Churn counts
+    from zero, so what priming freed is released once priming is over."""
 
     def __init__(self, churn: Callable[[], int], threshold: int = RELEASE_AFTER_BYTES) -> None:
         self._churn, self._threshold = churn, threshold
-        self._released_at = 0
+        self._released_at = self._seen = 0
 
     def take(self) -> bool:
         """Is a release due? If so, the churn so far counts as released."""
-        churn = self._churn()
-        if churn - self._released_at < self._threshold:
+        churn, seen = self._churn(), self._seen
+        self._seen = churn
+        if churn - self._released_at < self._threshold or churn - seen >= self._threshold // 8:
             return False
         self._released_at = churn
         return True

@@ -17,23 +17,28 @@ def rss_mib() -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_a_release_is_due_once_the_churn_since_the_last_reaches_the_threshold() -> None:
+def test_a_release_is_due_once_a_burst_has_died_down() -> None:
     churn = [0]
-    releaser = Releaser(lambda: churn[0], threshold=100)
+    releaser = Releaser(lambda: churn[0], threshold=800)
     assert not releaser.take()  # idle: nothing to release
-    churn[0] = 99
-    assert not releaser.take()
-    churn[0] = 100
-    assert releaser.take()
+    churn[0] = 700
+    assert not releaser.take()  # not enough churn yet
+    churn[0] = 1600
+    assert not releaser.take()  # enough, but still churning: its garbage is not all free yet
+    churn[0] = 1650
+    assert releaser.take()  # died down (less than an eighth of the threshold since the last look)
     assert not releaser.take()  # released: the churn so far is spent
-    churn[0] = 150
+    churn[0] = 1700
     assert not releaser.take()
-    churn[0] = 250
+    churn[0] = 3000
+    assert not releaser.take()
+    assert releaser.take()  # the next look finds it quiet
+
+
+def test_what_priming_churned_is_released_once_priming_is_over() -> None:
+    releaser = Releaser(lambda: 500, threshold=100)
+    assert not releaser.take()  # priming's churn is new at the first look
     assert releaser.take()
-
-
-def test_what_priming_churned_is_released_at_the_first_look() -> None:
-    assert Releaser(lambda: 500, threshold=100).take()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
