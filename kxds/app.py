@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
         bound_admin = admin.port
         tasks.append(asyncio.create_task(controller.run()))
         churn = lambda: fleet.sent_bytes + controller.translations * RELEASE_AFTER_BYTES  # noqa: E731
-        tasks.append(asyncio.create_task(_release_memory(Releaser(churn))))
+        settled = lambda: not fleet.gateways or fleet.synced(fleet.snapshot.serial)  # noqa: E731
+        tasks.append(asyncio.create_task(_release_memory(Releaser(churn, settled))))
         stack.push_async_callback(_cancel, tasks)
         log.info("kxds.serving", xds_port=xds.port, admin_port=bound_admin, ingress_class=settings.ingress_class,
                  source="kubernetes" if settings.kubernetes is not None else str(settings.source_dir))
@@ -158,7 +160,9 @@ async def _release_memory(releaser: Releaser, interval: float = 2.0) -> None:
     while True:
         await asyncio.sleep(interval)
         if releaser.take():
+            started = time.perf_counter()
             await asyncio.to_thread(release_free_memory)
+            log.info("memory.released", seconds=round(time.perf_counter() - started, 4))
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

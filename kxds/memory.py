@@ -35,20 +35,20 @@ def release_free_memory() -> bool:
 
 class Releaser:
     """Says when to release: after a burst — at least `threshold` units of churn (bytes sent,
-    full translations weighted as that many bytes) since the last release — once it has died down
-    (less than an eighth of that since the previous look), when what the burst freed is free:
-    a release in mid-burst leaves the rest of its garbage resident. Never while idle. Churn counts
-    from zero, so what priming freed is released once priming is over."""
+    full translations weighted as that many bytes) since the last release — once things have
+    `settled` (every gateway applied the current snapshot), when what the burst freed is free. A
+    gateway's first sync pauses for seconds while Envoy applies what it was sent: a release in
+    such a pause left the rest of the sync's garbage resident (measured). Never while idle; a
+    release takes the allocator's lock for ~10-40 ms, so never on every change either."""
 
-    def __init__(self, churn: Callable[[], int], threshold: int = RELEASE_AFTER_BYTES) -> None:
-        self._churn, self._threshold = churn, threshold
-        self._released_at = self._seen = 0
+    def __init__(self, churn: Callable[[], int], settled: Callable[[], bool], threshold: int = RELEASE_AFTER_BYTES) -> None:
+        self._churn, self._settled, self._threshold = churn, settled, threshold
+        self._released_at = 0  # churn counts from zero: what priming freed is released too
 
     def take(self) -> bool:
         """Is a release due? If so, the churn so far counts as released."""
-        churn, seen = self._churn(), self._seen
-        self._seen = churn
-        if churn - self._released_at < self._threshold or churn - seen >= self._threshold // 8:
+        churn = self._churn()
+        if churn - self._released_at < self._threshold or not self._settled():
             return False
         self._released_at = churn
         return True

@@ -17,28 +17,25 @@ def rss_mib() -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_a_release_is_due_once_a_burst_has_died_down() -> None:
-    churn = [0]
-    releaser = Releaser(lambda: churn[0], threshold=800)
+def test_a_release_is_due_after_a_burst_once_the_gateways_have_settled() -> None:
+    churn, settled = [0], [True]
+    releaser = Releaser(lambda: churn[0], lambda: settled[0], threshold=800)
     assert not releaser.take()  # idle: nothing to release
     churn[0] = 700
     assert not releaser.take()  # not enough churn yet
-    churn[0] = 1600
-    assert not releaser.take()  # enough, but still churning: its garbage is not all free yet
-    churn[0] = 1650
-    assert releaser.take()  # died down (less than an eighth of the threshold since the last look)
+    churn[0], settled[0] = 1600, False
+    assert not releaser.take()  # enough, but a gateway is still applying it: its garbage is not all free yet
+    churn[0], settled[0] = 1650, True
+    assert releaser.take()
     assert not releaser.take()  # released: the churn so far is spent
     churn[0] = 1700
-    assert not releaser.take()
-    churn[0] = 3000
-    assert not releaser.take()
-    assert releaser.take()  # the next look finds it quiet
-
-
-def test_what_priming_churned_is_released_once_priming_is_over() -> None:
-    releaser = Releaser(lambda: 500, threshold=100)
-    assert not releaser.take()  # priming's churn is new at the first look
+    assert not releaser.take()  # life-cycle events: a few kilobytes each
+    churn[0] = 2500
     assert releaser.take()
+
+
+def test_what_priming_churned_is_released_once_settled() -> None:
+    assert Releaser(lambda: 500, lambda: True, threshold=100).take()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
