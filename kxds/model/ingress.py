@@ -10,6 +10,7 @@ import copy
 import enum
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,6 +148,7 @@ def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
     try:
         if not isinstance(namespace, str) or not isinstance(name, str) or not name:
             raise FieldError("metadata.name", "missing or not a string")
+        namespace = sys.intern(namespace)  # shared with its splits and every other object in it
         spec = _spec(raw_spec, namespace)
         tag_hosts, notes = _tag_to_hosts(_annotation(metadata, TAG_TO_HOST_ANNOTATION))
         spec["rules"] = (*spec["rules"], *_tag_rules(spec["rules"], tag_hosts))
@@ -332,7 +334,7 @@ def _split(raw: Any, at: str, namespace: str) -> Split:
     if not 0 <= percent <= 100:
         raise FieldError(f"{at}.percent", f"invalid value {percent}: must be between 0 and 100")
     return Split(
-        service_namespace=service_namespace,
+        service_namespace=namespace,  # equal, checked above: the Ingress's own string
         service_name=service_name,
         service_port=port,
         percent=percent,

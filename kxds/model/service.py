@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,8 @@ def _identity(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str,
     if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
         raise InvalidObject(kind, "", "", "metadata.name", "missing field")
     namespace = metadata.get("namespace") or "default"
-    return str(namespace), metadata["name"], metadata
+    # Interned: a namespace repeats on every object in it (tens of thousands of copies otherwise).
+    return sys.intern(str(namespace)), metadata["name"], metadata
 
 
 def _port_number(value: Any, at: str) -> int:
@@ -94,7 +96,8 @@ def parse_service(raw: Mapping[str, Any]) -> Service:
             port = fields.mapping(p, f"spec.ports[{i}]")
             number = _port_number(port.get("port"), f"spec.ports[{i}].port")
             target = fields.int_or_string(port.get("targetPort"), f"spec.ports[{i}].targetPort")
-            ports.append(ServicePort(name=fields.string(port.get("name"), f"spec.ports[{i}].name"), port=number, target_port=target or number))
+            port_name = sys.intern(fields.string(port.get("name"), f"spec.ports[{i}].name"))
+            ports.append(ServicePort(name=port_name, port=number, target_port=target or number))
         service_type = fields.string(spec.get("type"), "spec.type") or "ClusterIP"
         external_name = fields.string(spec.get("externalName"), "spec.externalName")
         if service_type == "ExternalName" and not external_name:
@@ -120,7 +123,7 @@ def parse_endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
                 addresses.add(_address(a, address_type, f"endpoints[{i}].addresses[{j}]"))
         ports = tuple(
             SlicePort(
-                name=fields.string(fields.mapping(p, f"ports[{k}]").get("name"), f"ports[{k}].name"),
+                name=sys.intern(fields.string(fields.mapping(p, f"ports[{k}]").get("name"), f"ports[{k}].name")),
                 port=_port_number(fields.mapping(p, f"ports[{k}]").get("port"), f"ports[{k}].port"),
             )
             for k, p in enumerate(fields.sequence(raw.get("ports"), "ports"))
@@ -138,7 +141,7 @@ def _address(value: Any, address_type: str, at: str) -> str:
     text = fields.string(value, at)
     if address_type in ("IPv4", "IPv6"):
         try:
-            return str(ipaddress.ip_address(text))
+            return sys.intern(str(ipaddress.ip_address(text)))  # a pod's address recurs in every slice naming it
         except ValueError:
             raise FieldError(at, f"invalid {address_type} address {text!r}") from None
     return text
