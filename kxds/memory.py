@@ -10,6 +10,7 @@ returns only the free memory at the top of its heap: the rest stays resident unt
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 
 # Resource bytes sent to gateways (or a full translation, which counts as this much) between releases.
@@ -38,17 +39,25 @@ class Releaser:
     full translations weighted as that many bytes) since the last release — once things have
     `settled` (every gateway applied the current snapshot), when what the burst freed is free. A
     gateway's first sync pauses for seconds while Envoy applies what it was sent: a release in
-    such a pause left the rest of the sync's garbage resident (measured). Never while idle; a
-    release takes the allocator's lock for ~10-40 ms, so never on every change either."""
+    such a pause left the rest of the sync's garbage resident (measured). What a burst's state
+    keeps alive for a while (streams remember the mappings they derived) is freed by the changes
+    after it: a trickle of churn is released too, at most once every `period` seconds. Never while
+    idle; a release takes the allocator's lock for ~10-40 ms, so never on every change either."""
 
-    def __init__(self, churn: Callable[[], int], settled: Callable[[], bool], threshold: int = RELEASE_AFTER_BYTES) -> None:
+    def __init__(self, churn: Callable[[], int], settled: Callable[[], bool], threshold: int = RELEASE_AFTER_BYTES,
+                 period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._churn, self._settled, self._threshold = churn, settled, threshold
+        self._period, self._clock = period, clock
         self._released_at = 0  # churn counts from zero: what priming freed is released too
+        self._last = clock()
 
     def take(self) -> bool:
         """Is a release due? If so, the churn so far counts as released."""
-        churn = self._churn()
-        if churn - self._released_at < self._threshold or not self._settled():
+        churn, now = self._churn(), self._clock()
+        new = churn - self._released_at
+        burst = new >= self._threshold
+        trickle = new > 0 and now - self._last >= self._period
+        if not (burst or trickle) or not self._settled():
             return False
-        self._released_at = churn
+        self._released_at, self._last = churn, now
         return True

@@ -19,7 +19,7 @@ def rss_mib() -> float:
 
 def test_a_release_is_due_after_a_burst_once_the_gateways_have_settled() -> None:
     churn, settled = [0], [True]
-    releaser = Releaser(lambda: churn[0], lambda: settled[0], threshold=800)
+    releaser = Releaser(lambda: churn[0], lambda: settled[0], threshold=800, clock=lambda: 0.0)
     assert not releaser.take()  # idle: nothing to release
     churn[0] = 700
     assert not releaser.take()  # not enough churn yet
@@ -36,6 +36,21 @@ def test_a_release_is_due_after_a_burst_once_the_gateways_have_settled() -> None
 
 def test_what_priming_churned_is_released_once_settled() -> None:
     assert Releaser(lambda: 500, lambda: True, threshold=100).take()
+
+
+def test_a_trickle_of_churn_is_released_once_a_period_never_while_idle() -> None:
+    churn, now = [0], [0.0]
+    releaser = Releaser(lambda: churn[0], lambda: True, threshold=800, period=60, clock=lambda: now[0])
+    churn[0], now[0] = 10, 59.0
+    assert not releaser.take()  # a few events, within the period
+    now[0] = 61.0
+    assert releaser.take()  # a period has passed since the last release (start)
+    now[0] = 200.0
+    assert not releaser.take()  # idle since: nothing new to release
+    churn[0] = 20
+    assert releaser.take()
+    churn[0], now[0] = 30, 230.0
+    assert not releaser.take()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
