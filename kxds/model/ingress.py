@@ -91,10 +91,11 @@ class Ingress:
     hash: str
     # What was ignored as Knative ignores it (an invalid tag-to-host annotation), for the log.
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # "namespace/name": made once, the one string every index and cache keys this Ingress by.
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     @property
     def hosts(self) -> frozenset[str]:
