@@ -161,7 +161,9 @@ class Fleet:
                 log.info("xds.push", gateway=gateway.id, node=node, type=kind, version=version, nonce=nonce, resources=count)
             case xs.Acked(version=version):
                 self._metrics.acks.labels(kind).inc()
-                log.info("xds.ack", gateway=gateway.id, node=node, type=kind, version=version)
+                # The expected answer to every push (counted above, shown by `kxds status` and
+                # CSDS): at debug, so a life-cycle event is not half a dozen lines per gateway.
+                log.debug("xds.ack", gateway=gateway.id, node=node, type=kind, version=version)
             case xs.Nacked(version=version, message=message, resource_names=names):
                 self._metrics.nacks.labels(kind).inc()
                 gateway.last_nack = f"{kind} {version}: {message}"
