@@ -35,6 +35,11 @@ DEPENDENTS = (LISTENER, ROUTE)
 # it names. Parents first.
 PARENTS = {CLUSTER: (), LISTENER: (), SCOPED_ROUTE: (LISTENER,), ROUTE: (LISTENER, SCOPED_ROUTE), ENDPOINT: (CLUSTER,),
            SECRET: (LISTENER, CLUSTER)}
+# New or changed resources one response may carry, in bytes: a cold gateway at 10,000 Ingresses
+# is owed ~50 MB of route configurations, and building, encoding and writing that as one message
+# holds three copies of it at once. Past the budget the rest wait for this response's ACK (one
+# resource larger than the budget still goes, alone).
+RESPONSE_BUDGET = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,7 @@ class SotwStream:
     _lineage: Lineage = field(default_factory=Lineage)
     # What its resources name (what parents ask for, what routes need), kept along the lineage.
     _interest: Interest = field(init=False)
+    budget: int = RESPONSE_BUDGET
 
     def __post_init__(self) -> None:
         self._interest = Interest(self._lineage)
@@ -367,6 +373,16 @@ class SotwStream:
             if waiting:
                 # Not yet: keep what the gateway has until its clusters are warm.
                 desired = self._lineage.derive(desired, {name: held.get(name) for name in waiting})
+        return self._within_budget(type_url, state, desired)
+
+    def _within_budget(self, type_url: str, state: TypeState, desired: Mapping[str, Resource]) -> Mapping[str, Resource]:
+        """`desired` with what exceeds the budget left as the gateway holds it, in name order."""
+        held, spent = state.acked_resources, 0
+        changed = self._diff(type_url, desired, held)  # in name order
+        for index, name in enumerate(changed):
+            spent += len(desired[name].data)
+            if spent > self.budget and index:
+                return self._lineage.derive(desired, {n: held.get(n) for n in changed[index:]})
         return desired
 
     def _keep_up(self) -> None:

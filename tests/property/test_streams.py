@@ -17,7 +17,7 @@ from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 from kxds.xds.delta import DeltaStream
 from kxds.xds.lineage import Lineage
 from kxds.xds.snapshot import Resource, Snapshot
-from kxds.xds.stream import SotwStream
+from kxds.xds.stream import RESPONSE_BUDGET, SotwStream
 
 CLUSTERS = [f"c{n}" for n in range(4)]
 SCOPES = [f"s{n}" for n in range(3)]
@@ -84,17 +84,19 @@ def wire(responses: list[Any]) -> list[bytes]:
     return [r.SerializeToString(deterministic=True) for r in responses]
 
 
-def full(stream_type: type[SotwStream], snapshot: Snapshot) -> SotwStream:
+def full(stream_type: type[SotwStream], snapshot: Snapshot, budget: int) -> SotwStream:
     """A stream that remembers no derivation: every comparison is a full one."""
-    return stream_type(snapshot, _lineage=Lineage(capacity=0))
+    return stream_type(snapshot, _lineage=Lineage(capacity=0), budget=budget)
 
 
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 @settings(max_examples=250, deadline=None)
-@given(actions=st.lists(action, min_size=1, max_size=40))
-def test_a_stream_sends_what_a_stream_comparing_in_full_sends(delta: bool, actions: list[tuple[Any, ...]]) -> None:
+# The response budget as served, and small enough that new resources go out one or two at a time.
+@given(actions=st.lists(action, min_size=1, max_size=40), budget=st.sampled_from([RESPONSE_BUDGET, 1, 150]))
+def test_a_stream_sends_what_a_stream_comparing_in_full_sends(delta: bool, actions: list[tuple[Any, ...]], budget: int) -> None:
     world = World()
-    streams: list[SotwStream] = [(DeltaStream if delta else SotwStream)(world.snapshot), full(DeltaStream if delta else SotwStream, world.snapshot)]
+    kind = DeltaStream if delta else SotwStream
+    streams: list[SotwStream] = [kind(world.snapshot, budget=budget), full(kind, world.snapshot, budget)]
     subscribed = {ENDPOINT: {"c0", "c1"}, ROUTE: {"r0"}}
     pending: dict[str, Any] = {}
 
