@@ -4,7 +4,7 @@ The stock emulator keeps objects as plain merged dicts: no resourceVersion, no g
 This subclass adds a cluster-wide resourceVersion counter stamped on every write, optimistic
 concurrency (a write carrying a stale resourceVersion gets 409 Conflict), `generation`
 bumped when a spec changes (status writes never bump it), lists that carry the current
-resourceVersion, and `expire(resource)`, which ends the resource's open watches with 410 Gone and
+resourceVersion (paged with `limit` and `continue`, as an API server pages them), and `expire(resource)`, which ends the resource's open watches with 410 Gone and
 refuses to resume from any older resourceVersion, as an API server does after compaction; and
 `hold_lists(resource)`, which makes lists wait, so a test can stage changes while a watch is down.
 
@@ -91,6 +91,14 @@ class VersionedEmulator(KubernetesEmulator):
             await held.wait()
         payload = await super()._serve_list(request)
         payload["metadata"]["resourceVersion"] = str(self._version)
+        limit = int(request.params.get("limit") or 0)
+        if limit > 0:
+            # Pages in name order; the continue token is the next page's offset (opaque to clients).
+            items = sorted(payload["items"], key=lambda o: ((o.get("metadata") or {}).get("namespace", ""), (o.get("metadata") or {}).get("name", "")))
+            start = int(request.params.get("continue") or 0)
+            payload["items"] = items[start:start + limit]
+            if start + limit < len(items):
+                payload["metadata"]["continue"] = str(start + limit)
         return copy.deepcopy(payload)
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from kmock import Server, resource
+from kmock._internal import enums
 from kubernetes import client
 
 from tests.builders import endpoint_slice, ingress, path, rule, service, split
@@ -75,6 +76,10 @@ async def test_restart_against_2000_ingresses_never_drops_a_route(tmp_path: Path
             # The reconnecting gateway already holds exactly this configuration: nothing to re-send.
             pushed = {e["type"] for e in events if e["event"] == "xds.push"}
             assert not pushed & {"CDS", "LDS"}, pushed
+            # Each control plane listed the 2,000 Ingresses a page of 500 at a time, as client-go does.
+            pages = [r.params.get("continue", "") for r in emulator.log
+                     if r.action == enums.action.LIST and r.resource == ingresses and r.params.get("limit") == "500"]
+            assert pages == ["", "500", "1000", "1500"] * 2, pages
             print(f"\nprimed {COUNT} Ingresses and served in {primed_in:.1f}s (process start included)")
         finally:
             for plane in (second, first):
