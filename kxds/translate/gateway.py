@@ -19,7 +19,7 @@ from kxds.model.world import World
 from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import clusters, extensions, listeners, names, routes, scopes, tls
 from kxds.translate.https import HttpsPlan
-from kxds.resources import Encoded
+from kxds.resources import Encoded, content_version
 from kxds.translate.encoded import RouteTable, encode
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
 
@@ -177,11 +177,15 @@ class Plan:
         problem = self.https.add(ingress, self.gateway.http_option_disabled)
         return Outcome(programmed=True, reason=RECONCILE_FAILED if problem else "", message=problem)
 
+    def inputs(self, ingress: Ingress) -> tuple[object, ...]:
+        """Everything the Ingress's own translation depends on: its cache entry's key."""
+        upstream = self.upstream_ca is not None and not self.upstream_ca[1]
+        return (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled, self.ext_authz,
+                *(self.world.services.get(ref) for ref in sorted(ingress.services)))
+
     def translated(self, ingress: Ingress) -> IngressResult:
         """The Ingress's own translation, from the cache when nothing it depends on changed."""
-        upstream = self.upstream_ca is not None and not self.upstream_ca[1]
-        inputs = (ingress, upstream, self.upstream_ca is not None, self.gateway.http_option_disabled, self.ext_authz,
-                  *(self.world.services.get(ref) for ref in sorted(ingress.services)))
+        inputs = self.inputs(ingress)
         cached = self.cache.ingresses.get(ingress.key)
         if cached is not None and _same(cached[0], inputs):
             self.ingress_cache[ingress.key] = cached
@@ -191,7 +195,7 @@ class Plan:
         return result
 
     def _translate_ingress(self, ingress: Ingress) -> IngressResult:
-        found = _backends_of(ingress, self.world.services, internal_tls=self.upstream_ca is not None)
+        found = backends_of(ingress, self.world.services, internal_tls=self.upstream_ca is not None)
         if isinstance(found, str):
             return IngressResult(Outcome(programmed=False, reason=BACKEND_NOT_FOUND, message=found), {})
         if self.upstream_ca is not None and self.upstream_ca[1] and any(b.upstream_tls for b in found.values()):
@@ -308,21 +312,48 @@ class ClusterEntry:
 
 def cluster_entry(name: str, b: Backend, ca: Secret | None, slices: tuple[EndpointSlice, ...], cache: TranslationCache) -> ClusterEntry:
     """The cluster a Service's backend gives, reusing the cache's encodings whose inputs are equal."""
-    ca_name = tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
-    inputs: tuple[object, ...] = (b.service, b.port, b.http2, ca_name)
+    ca_name = upstream_ca_name(b, ca)
+    inputs = cluster_inputs(b, ca)
     cached = cache.clusters.get(name)
     if cached is None or not _same(cached[0], inputs):
-        context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
-        cached = (inputs, encode(name, clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)))
+        if b.service.type == "ExternalName":
+            context = tls.upstream_context(ca_name, b.service.namespace, http2=b.http2) if ca_name else None
+            cached = (inputs, encode(name, clusters.cluster(b.service, b.port, http2=b.http2, upstream_tls=context)))
+        else:
+            data = clusters.eds_cluster_data(name, _eds_settings(b.http2, ca_name, b.service.namespace if ca_name else ""))
+            cached = (inputs, Encoded(name, data, content_version(data)))
     eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
     needs = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
     if b.service.type == "ExternalName":
         return ClusterEntry(cached, None, needs)
-    assignment_inputs: tuple[object, ...] = (b.service, b.port, *slices)
+    assignment = assignment_inputs(b, slices)
     known = cache.assignments.get(name)
-    if known is None or not _same(known[0], assignment_inputs):
-        known = (assignment_inputs, encode(name, clusters.load_assignment(b.service, b.port, slices)))
+    if known is None or not _same(known[0], assignment):
+        data = clusters.load_assignment_data(b.service, b.port, slices)
+        known = (assignment, Encoded(name, data, content_version(data)))
     return ClusterEntry(cached, known, needs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _eds_settings(http2: bool, ca_name: str, namespace: str) -> bytes:
+    """The bytes EDS clusters with these settings share (the namespace matters with a CA only)."""
+    context = tls.upstream_context(ca_name, namespace, http2=http2) if ca_name else None
+    return clusters.eds_settings(http2=http2, upstream_tls=context)
+
+
+def upstream_ca_name(b: Backend, ca: Secret | None) -> str:
+    """The CA secret a backend's cluster verifies its upstream with ("": plain)."""
+    return tls.ca_secret_name(ca) if ca and b.upstream_tls else ""
+
+
+def cluster_inputs(b: Backend, ca: Secret | None) -> tuple[object, ...]:
+    """What a backend's cluster depends on (its cache entry's key)."""
+    return (b.service, b.port, b.http2, upstream_ca_name(b, ca))
+
+
+def assignment_inputs(b: Backend, slices: tuple[EndpointSlice, ...]) -> tuple[object, ...]:
+    """What a backend's load assignment depends on (its cache entry's key)."""
+    return (b.service, b.port, *slices)
 
 
 def upstream_ca(world: World, gateway: GatewaySettings) -> tuple[Secret | None, str] | None:
@@ -335,7 +366,7 @@ def upstream_ca(world: World, gateway: GatewaySettings) -> tuple[Secret | None, 
     return (None, problem) if problem else (secret, "")
 
 
-def _backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_tls: bool) -> dict[str, Backend] | str:
+def backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_tls: bool) -> dict[str, Backend] | str:
     """The cluster each split needs, or the first problem found."""
     found: dict[str, Backend] = {}
     for i, rule in enumerate(ingress.rules):
