@@ -63,7 +63,8 @@ async def running(settings: Settings, kube_api: Any = None) -> AsyncIterator[Run
     metrics = Metrics()
     fleet = Fleet(Snapshot(serial=0, resources={}), metrics)
     controller = Controller(fleet, settings.gateway, metrics, debounce_seconds=settings.debounce_seconds,
-                            corrupt_cluster=settings.test_corrupt_cluster, corrupt_host=settings.test_corrupt_host_prefix, kourier_algorithm=settings.kourier_algorithm)
+                            corrupt_cluster=settings.test_corrupt_cluster, corrupt_host=settings.test_corrupt_host_prefix, kourier_algorithm=settings.kourier_algorithm,
+                            translate_processes=settings.translate_processes)
     fleet.on_change.append(controller.observe_convergence)
     fleet.on_nack.append(controller.on_nack)
     filters = Filters(ingress_class=settings.ingress_class, system_namespace=settings.system_namespace)

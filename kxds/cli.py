@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kxds.coldstart import available_cores
 from kxds.model.config import ExtAuthzConfig, parse_ext_authz
 from kxds.model.errors import FieldError
 from kxds.settings import (DEFAULT_GATEWAY_PKI_DIR, DEFAULT_GATEWAY_PKI_SECRET, DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, SCOPED_LAYOUT,
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--kube-api-burst", type=int, default=100, help="status writes and Events allowed in a burst (client-go's burst)")
     _flag(serve, "--status-workers", type=int, default=8, help="status writes in flight at once")
     _flag(serve, "--lease-renew-interval", type=float, default=2.0, help="seconds between Lease renewals and attempts")
+    _flag(serve, "--translate-processes", default="auto",
+          help="processes the cold start's translation is spread over (forked; 1: none). auto: one per core, at most 4")
     _flag(serve, "--xds-address", default="0.0.0.0:18000", help="gRPC ADS and health address")
     _flag(serve, "--admin-address", default="127.0.0.1:9090", help="admin HTTP address (/ingresses, /metrics, /readyz)")
     _flag(serve, "--xds-tls-cert", default="", help="serve xDS over TLS with this certificate (PEM; re-read when it changes)")
@@ -245,7 +248,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
         test_corrupt_host_prefix=getattr(args, "test_corrupt_host_prefix", ""),
         kourier_algorithm=bool(getattr(args, "kourier_algorithm", False)),
+        translate_processes=_processes(args.translate_processes),
     )
+
+
+def _processes(value: object) -> int:
+    if value == "auto":
+        return min(available_cores(), 4)
+    return int(_positive(value, "--translate-processes", int))
 
 
 def _pki(args: argparse.Namespace, kubernetes: KubernetesSettings | None) -> XdsPki:

@@ -113,6 +113,8 @@ class Settings:
     # Extra wait before a rebuild; 0: an isolated change is rebuilt at once, and changes arriving
     # during a rebuild are coalesced into the next one anyway.
     debounce_seconds: float = 0.0
+    # Processes the cold start's translation is spread over (this one included); 1: this one only.
+    translate_processes: int = 1
     # Test-only: serve this cluster corrupted so that Envoy rejects it (NACK handling tests).
     test_corrupt_cluster: str = ""
     # Test-only: vhosts of hosts with this prefix carry an oversized header Envoy rejects.

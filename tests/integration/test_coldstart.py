@@ -1,0 +1,78 @@
+"""The cold start's translation over real forked processes: what they translate seeds the cache, a
+child that fails or hangs costs time, never correctness."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+
+from bench.generate import ingress, revision_objects
+from kxds import coldstart
+from kxds.controller import build_world
+from kxds.engine.incremental import Engine
+from kxds.model.ingress import Ingress
+from kxds.model.objects import Filters, parse_object
+from kxds.model.world import World
+from kxds.settings import DEFAULT_INGRESS_CLASS, GatewaySettings
+from kxds.translate import shards
+from kxds.translate.gateway import TranslationCache
+from kxds.xds.snapshot import Snapshot
+
+FILTERS = Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving")
+
+
+@functools.cache
+def knative_world(n: int = 2 * coldstart.MIN_SHARE + 100) -> World:
+    parsed = [parse_object(doc, FILTERS) for i in range(n) for doc in (ingress(i), *revision_objects(i, [8001, 8002]))]
+    return build_world([p[1] for p in parsed if p is not None])
+
+
+def served(snapshot: Snapshot) -> dict[str, dict[str, tuple[str, bytes]]]:
+    return {t: {n: (r.version, r.data) for n, r in of_type.items()} for t, of_type in snapshot.resources.items() if of_type}
+
+
+def one_process() -> Snapshot:
+    return Engine(GatewaySettings()).full(knative_world(), 1, None)[1]
+
+
+def test_two_processes_serve_what_one_serves() -> None:
+    world, engine = knative_world(), Engine(GatewaySettings())
+    warmed = coldstart.warm(engine.cache, world, engine.gateway, 2)
+    assert warmed.processes == 2 and not warmed.problems
+    assert warmed.seeded == len(world.ingresses) // 2  # every other Ingress came from the child
+    assert set(engine.cache.ingresses) == {i.key for i in world.ingresses}
+    assert served(engine.full(world, 1, None)[1]) == served(one_process())
+
+
+def test_a_small_world_stays_in_one_process() -> None:
+    world = build_world([p[1] for p in (parse_object(d, FILTERS) for d in (ingress(0), *revision_objects(0, [8001]))) if p is not None])
+    cache = TranslationCache()
+    assert coldstart.warm(cache, world, GatewaySettings(), 4) == coldstart.Warmed()
+    assert not cache.ingresses  # the full translation does it all
+
+
+def failing(world: World, gateway: GatewaySettings, part: Sequence[Ingress]) -> shards.ShareData:
+    raise RuntimeError("a translator bug in the child")
+
+
+def hanging(world: World, gateway: GatewaySettings, part: Sequence[Ingress]) -> shards.ShareData:
+    time.sleep(3600)
+    raise AssertionError("unreachable")
+
+
+def test_a_failing_child_leaves_its_share_to_the_full_translation() -> None:
+    world, engine = knative_world(), Engine(GatewaySettings())
+    warmed = coldstart.warm(engine.cache, world, engine.gateway, 2, share=failing)
+    assert warmed.seeded == 0 and len(warmed.problems) == 1 and "exited with 1" in warmed.problems[0]
+    assert len(engine.cache.ingresses) == len(world.ingresses) - len(world.ingresses) // 2  # this process's share only
+    assert served(engine.full(world, 1, None)[1]) == served(one_process())
+
+
+def test_a_hanging_child_is_killed_at_its_deadline() -> None:
+    world, engine = knative_world(), Engine(GatewaySettings())
+    started = time.monotonic()
+    warmed = coldstart.warm(engine.cache, world, engine.gateway, 2, share=hanging, deadline_floor=0.5)
+    assert time.monotonic() - started < 30
+    assert warmed.seeded == 0 and "overran its deadline and was killed" in warmed.problems[0]
+    assert served(engine.full(world, 1, None)[1]) == served(one_process())
