@@ -55,7 +55,22 @@ class Resource:
 
     @classmethod
     def encoded(cls, type_url: str, encoded: Encoded, needs: Iterable[tuple[str, str]] = NONE, asks: Iterable[tuple[str, str]] = NONE) -> Resource:
-        return cls(name=encoded.name, version=encoded.version, type_url=type_url, data=encoded.data, needs=frozenset(needs), asks=frozenset(asks))
+        # Set through the slots' own descriptors: the generated frozen __init__ goes through
+        # object.__setattr__ per field, three times slower (110,000 resources at 10,000 Ingresses).
+        resource = object.__new__(cls)
+        _SET_NAME(resource, encoded.name)
+        _SET_VERSION(resource, encoded.version)
+        _SET_TYPE_URL(resource, type_url)
+        _SET_DATA(resource, encoded.data)
+        _SET_NEEDS(resource, frozenset(needs))
+        _SET_ASKS(resource, frozenset(asks))
+        return resource
+
+
+_FIELDS = ("name", "version", "type_url", "data", "needs", "asks")
+_SET_NAME, _SET_VERSION, _SET_TYPE_URL, _SET_DATA, _SET_NEEDS, _SET_ASKS = (getattr(Resource, f).__set__ for f in _FIELDS)
+if set(Resource.__slots__) != set(_FIELDS):
+    raise ImportError("Resource.encoded no longer sets every field of Resource")
 
 
 def entry_digest(name: str, version: str) -> int:
