@@ -196,6 +196,11 @@ class Controller:
             log.warning("config.invalid", problem=problem)
         log.info("snapshot.built", serial=snapshot.serial, ingresses=len(world.ingresses), clusters=len(config.encoded.get(CLUSTER, ())),
                  seconds=round(elapsed, 4))
+        if not self._kourier_algorithm:
+            # The engine's indexes serve the next change, not the gateways: built once they have the snapshot.
+            started = time.perf_counter()
+            await asyncio.to_thread(self._index)
+            log.info("engine.indexed", serial=snapshot.serial, seconds=round(time.perf_counter() - started, 4))
         self.primed = True
         self._signal_rebuilt()
         return snapshot
@@ -208,7 +213,11 @@ class Controller:
                 return config, baseline.fresh_versions(build_snapshot(config, serial))
             if not self.primed and self._processes > 1:
                 self._warm(world)
-            return self._engine.full(world, serial, self._fleet.snapshot, incremental=incremental)
+            return self._engine.translate_all(world, serial, self._fleet.snapshot, incremental=incremental)
+
+    def _index(self) -> None:
+        with _gc_paused(freeze=not self.primed):
+            self._engine.index()
 
     def _warm(self, world: World) -> None:
         """The cold start: other processes translate shares of the Ingresses into the cache first."""

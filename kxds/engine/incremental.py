@@ -103,6 +103,7 @@ class Engine:
         self._backends: dict[str, Backend] = {}  # served cluster → its merged backend
         self._tls_secrets: set[str] = set()  # Secrets some Ingress's spec.tls names
         self._incremental = False  # the last full translation left a world steps can keep
+        self._unindexed: tuple[World, GatewayConfig] | None = None  # a full translation not indexed yet
 
     # The store side: every object change, as it happens.
 
@@ -168,17 +169,31 @@ class Engine:
     # Full translation.
 
     def full(self, world: World, serial: int, previous: Snapshot | None, *, incremental: bool = True) -> tuple[GatewayConfig, Snapshot]:
-        """Translate `world` from scratch (reusing cached encodings) and index what it serves.
-        `incremental=False` (a quarantine holds some Ingresses out): the next change is full too."""
+        """Translate `world` from scratch (reusing cached encodings) and index what it serves."""
+        config, snapshot = self.translate_all(world, serial, previous, incremental=incremental)
+        self.index()
+        return config, snapshot
+
+    def translate_all(self, world: World, serial: int, previous: Snapshot | None, *, incremental: bool = True) -> tuple[GatewayConfig, Snapshot]:
+        """`full` without the indexes, which only the next step needs: the caller can publish the
+        snapshot first and `index()` after (a step indexes first if it was not). `incremental=False`
+        (a quarantine holds some Ingresses out): the next change is full too."""
         self._pending = _Pending(full=False)
         config = translate(world, self.gateway, self.cache)
         if self._transform is not None:
             transform = self._transform
             config = replace(config, encoded={t: tuple(transform(t, e) for e in es) for t, es in config.encoded.items()})
         snapshot = build_snapshot(config, serial, previous)
-        self._index(world, config)
+        self._unindexed = (world, config)
         self._incremental = incremental and self._steppable(world)
         return config, snapshot
+
+    def index(self) -> None:
+        """Index what the last full translation serves (once; a no-op after)."""
+        if self._unindexed is not None:
+            world, config = self._unindexed
+            self._unindexed = None
+            self._index(world, config)
 
     def _steppable(self, world: World) -> bool:
         """Can steps keep this world? Only the scoped layout gives each Ingress its own routes, and
@@ -191,7 +206,7 @@ class Engine:
 
     def _index(self, world: World, config: GatewayConfig) -> None:
         self.entries, self._claims, self._users = {}, Claims(), Index()
-        self._cluster_users, self._cluster_routes, self._tls_secrets = Index(), Index(), set()
+        self._cluster_users, self._cluster_routes = Index(), Index()
         for ingress in world.ingresses:
             outcome = config.outcomes[ingress.key]
             cached = self.cache.ingresses.get(ingress.key)
@@ -201,6 +216,9 @@ class Engine:
             self._claims.add(ingress, won=won)
             self._use(ingress.key, ingress, None)
             self._serve(ingress.key, entry, None)
+        # Swapped in whole: `note` reads it on the event loop while this runs in a worker thread
+        # (the set `_use` added to meanwhile is a superset, which errs towards full translations).
+        self._tls_secrets = {f"{t.secret_namespace}/{t.secret_name}" for i in world.ingresses for t in i.tls}
         self._backends = {}
         served = {e.name for e in config.encoded.get(CLUSTER, ())}
         for name in served & self._cluster_users.keys():
@@ -210,6 +228,7 @@ class Engine:
 
     def step(self, serial: int, previous: Snapshot) -> Step | None:
         """Apply the pending changes to `previous`; None when only a full translation can."""
+        self.index()
         pending = self._pending
         if pending.full:
             return None
