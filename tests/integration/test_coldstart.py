@@ -40,7 +40,7 @@ def test_two_processes_serve_what_one_serves() -> None:
     world, engine = knative_world(), Engine(GatewaySettings())
     warmed = coldstart.warm(engine.cache, world, engine.gateway, 2)
     assert warmed.processes == 2 and not warmed.problems
-    assert warmed.seeded == len(world.ingresses) // 2  # every other Ingress came from the child
+    assert 0.4 * len(world.ingresses) < warmed.seeded < 0.5 * len(world.ingresses)  # the child's share
     assert set(engine.cache.ingresses) == {i.key for i in world.ingresses}
     assert served(engine.full(world, 1, None)[1]) == served(one_process())
 
@@ -65,7 +65,7 @@ def test_a_failing_child_leaves_its_share_to_the_full_translation() -> None:
     world, engine = knative_world(), Engine(GatewaySettings())
     warmed = coldstart.warm(engine.cache, world, engine.gateway, 2, share=failing)
     assert warmed.seeded == 0 and len(warmed.problems) == 1 and "exited with 1" in warmed.problems[0]
-    assert len(engine.cache.ingresses) == len(world.ingresses) - len(world.ingresses) // 2  # this process's share only
+    assert 0.5 * len(world.ingresses) < len(engine.cache.ingresses) < 0.6 * len(world.ingresses)  # this process's share only
     assert served(engine.full(world, 1, None)[1]) == served(one_process())
 
 
