@@ -114,8 +114,9 @@ class TranslationCache:
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    """Equal inputs; identity first, since unchanged objects are the very same objects."""
-    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b))
+    """Equal inputs. Tuple equality tries identity first for each element (in C), and unchanged
+    objects are the very same objects, so this rarely calls a dataclass's __eq__."""
+    return a == b
 
 
 def translate(world: World, gateway: GatewaySettings, cache: TranslationCache | None = None) -> GatewayConfig:
