@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kxds.coldstart import available_cores
+from kxds.cores import available_cores
 from kxds.model.config import ExtAuthzConfig, parse_ext_authz
 from kxds.model.errors import FieldError
 from kxds.settings import (DEFAULT_GATEWAY_PKI_DIR, DEFAULT_GATEWAY_PKI_SECRET, DEFAULT_INGRESS_CLASS, DEFAULT_NODE_ID, SCOPED_LAYOUT,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.generate import ingress, revision_objects
-from kxds import coldstart
+from kxds import coldstart, cores
 from kxds.controller import build_world
 from kxds.engine.incremental import Engine
 from kxds.model.ingress import Ingress
@@ -94,15 +94,15 @@ def test_a_pods_cpu_limit_caps_the_processes(tmp_path: Path) -> None:
     # cgroup v2: one and a half CPUs on the pod, none on the container: one process.
     proc, root = cgroup_tree(tmp_path / "v2", "0::/kubepods/pod1/container\n",
                              {"kubepods/pod1/cpu.max": "150000 100000\n", "kubepods/pod1/container/cpu.max": "max 100000\n"})
-    assert coldstart.cgroup_cpu_limit(proc, root) == 1.5
-    assert coldstart.available_cores(proc, root) == 1
+    assert cores.cgroup_cpu_limit(proc, root) == 1.5
+    assert cores.available_cores(proc, root) == 1
     # cgroup v1 inside a container (its own cgroup mounted as the root): two CPUs.
     proc, root = cgroup_tree(tmp_path / "v1", "4:memory:/x\n3:cpu,cpuacct:/\n",
                              {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
-    assert coldstart.cgroup_cpu_limit(proc, root) == 2.0
+    assert cores.cgroup_cpu_limit(proc, root) == 2.0
     # No quota (v1's -1, v2's max), or nothing readable: the affinity decides.
     proc, root = cgroup_tree(tmp_path / "none", "3:cpu,cpuacct:/\n0::/\n",
                              {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n", "cpu.max": "max 100000\n"})
-    assert coldstart.cgroup_cpu_limit(proc, root) is None
-    assert coldstart.cgroup_cpu_limit(tmp_path / "missing", root) is None
-    assert coldstart.available_cores(tmp_path / "missing", root) == len(os.sched_getaffinity(0))
+    assert cores.cgroup_cpu_limit(proc, root) is None
+    assert cores.cgroup_cpu_limit(tmp_path / "missing", root) is None
+    assert cores.available_cores(tmp_path / "missing", root) == len(os.sched_getaffinity(0))
