@@ -93,18 +93,18 @@ class Ingress:
     notes: tuple[str, ...] = field(default=(), compare=False)
     # "namespace/name": made once, the one string every index and cache keys this Ingress by.
     key: str = field(init=False, compare=False, repr=False)
+    # "namespace/name" of every Service a split routes to: made once too (each translation and
+    # index of the Ingress asks).
+    services: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
+        splits = (s for rule in self.rules for p in rule.paths for s in p.splits)
+        object.__setattr__(self, "services", frozenset(f"{s.service_namespace}/{s.service_name}" for s in splits))
 
     @property
     def hosts(self) -> frozenset[str]:
         return frozenset(h for rule in self.rules for h in rule.hosts)
-
-    @property
-    def services(self) -> frozenset[str]:
-        """"namespace/name" of every Service a split routes to."""
-        return frozenset(f"{s.service_namespace}/{s.service_name}" for rule in self.rules for p in rule.paths for s in p.splits)
 
     @property
     def secrets(self) -> frozenset[str]:
