@@ -248,7 +248,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         test_corrupt_cluster=getattr(args, "test_corrupt_cluster", ""),  # serve only
         test_corrupt_host_prefix=getattr(args, "test_corrupt_host_prefix", ""),
         kourier_algorithm=bool(getattr(args, "kourier_algorithm", False)),
-        translate_processes=_processes(args.translate_processes),
+        translate_processes=_processes(getattr(args, "translate_processes", "auto")),  # serve only
     )
 
 

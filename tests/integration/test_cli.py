@@ -48,6 +48,22 @@ def test_route_layout_from_flag_or_environment_and_a_bad_value_is_refused(monkey
     assert result.returncode == 1 and "KXDS_ROUTE_LAYOUT): 'sharded' is not one of kourier, scoped" in result.stderr
 
 
+def test_translate_processes_auto_explicit_and_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kxds.cli.available_cores", lambda: 16)
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).translate_processes == 4
+    monkeypatch.setattr("kxds.cli.available_cores", lambda: 1)
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x"])).translate_processes == 1
+    assert settings_from(build_parser().parse_args(["serve", "--source", "x", "--translate-processes", "3"])).translate_processes == 3
+    with pytest.raises(SystemExit, match="--translate-processes"):
+        settings_from(build_parser().parse_args(["serve", "--source", "x", "--translate-processes", "0"]))
+
+
+def test_every_command_that_serves_builds_its_settings() -> None:
+    # The demo's parser has fewer flags than serve's; settings_from must not need serve-only ones.
+    for argv in (["serve", "--source", "x"], ["run"]):
+        assert settings_from(build_parser().parse_args(argv)).source_dir is not None, argv
+
+
 def test_missing_source_is_a_usage_error() -> None:
     result = kxds("serve")
     assert result.returncode == 1 and "give --source DIR, or --kubernetes" in result.stderr
