@@ -117,6 +117,10 @@ def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_
                 # takes five or six: measured 0.5 s per create at any size. A bound stays against a
                 # runaway gateway; a burst of changes is coalesced by kxds anyway.
                 "rate_limit_settings": {"max_tokens": 1000, "fill_rate": 100},
+                # Envoy repeats its node (516 extensions: 61 KB) in every request unless told not
+                # to; kxds reads it from a stream's first request only. Four or five ACKs follow
+                # each change, so repeating it cost kxds ~0.4 ms of decoding alone per change.
+                "set_node_on_first_message_only": True,
                 # Reconnect quickly when kxds restarts: Envoy's default backoff grows to 30 s, so a
                 # change made while kxds was down could wait that long to arrive.
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster", "retry_policy": {

@@ -99,6 +99,8 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, xds_address: str) -> Non
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"  # the default; --sotw for Kourier's
     # Envoy's default request budget (10 a second after 100) paced every create at ~0.5 s.
     assert config["dynamic_resources"]["ads_config"]["rate_limit_settings"] == {"max_tokens": 1000, "fill_rate": 100}
+    # The node (61 KB with Envoy's extension list) on a stream's first request only: kxds reads no other.
+    assert config["dynamic_resources"]["ads_config"]["set_node_on_first_message_only"] is True
     assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     (tmp_path / "bootstrap.yaml").write_text(result.stdout)
     validate = subprocess.run([envoy_binary(), "--mode", "validate", "--config-path", str(tmp_path / "bootstrap.yaml")],
