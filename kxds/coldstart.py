@@ -42,6 +42,10 @@ class Warmed:
     processes: int = 1
     seeded: int = 0
     problems: tuple[str, ...] = ()
+    # Seconds: this process's own share, then waiting for the children, then seeding from them.
+    own_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    seed_seconds: float = 0.0
 
 
 def warm(cache: TranslationCache, world: World, gateway: GatewaySettings, processes: int, *, share: Share = shards.share,
@@ -57,16 +61,22 @@ def warm(cache: TranslationCache, world: World, gateway: GatewaySettings, proces
     children = [_fork(world, gateway, part, share) for part in parts[1:]]
     started = time.monotonic()
     shards.warm(world, gateway, parts[0], cache)
-    deadline = time.monotonic() + max(deadline_floor, DEADLINE_FACTOR * (time.monotonic() - started))
-    seeded, problems = 0, []
+    own = time.monotonic() - started
+    deadline = time.monotonic() + max(deadline_floor, DEADLINE_FACTOR * own)
+    seeded, problems, waited, seeding = 0, [], 0.0, 0.0
     for child, part in zip(children, parts[1:]):
+        mark = time.monotonic()
         try:
             data = child.result(deadline)
         except ChildFailed as exc:
             problems.append(str(exc))
             continue
+        finally:
+            waited += time.monotonic() - mark
+        mark = time.monotonic()
         seeded += shards.seed(cache, world, gateway, part, data)
-    return Warmed(count, seeded, tuple(problems))
+        seeding += time.monotonic() - mark
+    return Warmed(count, seeded, tuple(problems), own, waited, seeding)
 
 
 def _parts(cold: list[Ingress], count: int) -> list[list[Ingress]]:

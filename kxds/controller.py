@@ -227,7 +227,8 @@ class Controller:
             log.warning("translate.share_failed", problem=problem)
         if warmed.processes > 1:
             log.info("translate.shared", processes=warmed.processes, from_other_processes=warmed.seeded,
-                     seconds=round(time.perf_counter() - started, 4))
+                     seconds=round(time.perf_counter() - started, 4), own_share_seconds=round(warmed.own_seconds, 4),
+                     waiting_seconds=round(warmed.wait_seconds, 4), seeding_seconds=round(warmed.seed_seconds, 4))
 
     def _track_moved(self, moved: Mapping[str, Entry | None], serial: int) -> None:
         """A step's Ingresses into readiness: gone ones forgotten, unparsable ones failed."""

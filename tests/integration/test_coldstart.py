@@ -43,6 +43,7 @@ def test_two_processes_serve_what_one_serves() -> None:
     warmed = coldstart.warm(engine.cache, world, engine.gateway, 2)
     assert warmed.processes == 2 and not warmed.problems
     assert 0.4 * len(world.ingresses) < warmed.seeded < 0.5 * len(world.ingresses)  # the child's share
+    assert warmed.own_seconds > 0 and warmed.seed_seconds > 0 and warmed.wait_seconds >= 0
     assert set(engine.cache.ingresses) == {i.key for i in world.ingresses}
     assert served(engine.full(world, 1, None)[1]) == served(one_process())
 
@@ -77,6 +78,7 @@ def test_a_hanging_child_is_killed_at_its_deadline() -> None:
     warmed = coldstart.warm(engine.cache, world, engine.gateway, 2, share=hanging, deadline_floor=0.5)
     assert time.monotonic() - started < 30
     assert warmed.seeded == 0 and "overran its deadline and was killed" in warmed.problems[0]
+    assert warmed.wait_seconds >= 0.5 and warmed.seed_seconds == 0  # it was waited for until the deadline, then nothing seeded
     assert served(engine.full(world, 1, None)[1]) == served(one_process())
 
 
