@@ -79,6 +79,16 @@ def kinds(api: client.ApiClient, options: KubernetesOptions) -> list[Kind]:
     return out
 
 
+class RawWatch(watch.Watch):
+    """The client's watch without its typed copy of each object: it turns every Service, EndpointSlice
+    and Secret it streams into the client's model classes (a JSON round trip and a model per field),
+    which kxds never reads; kxds parses `raw_object`. ERROR events (410 Gone) are handled as before:
+    `deserialize=False` would skip them (it looks for a 'raw_object' that only this path adds)."""
+
+    def get_return_type(self, func: Callable[..., Any]) -> None:
+        return None  # no model: unmarshal_event returns the event as parsed, with raw_object
+
+
 class KindWatcher:
     """List-then-watch of one kind, in its own thread."""
 
@@ -91,7 +101,7 @@ class KindWatcher:
         self._raw_sink = raw_sink or (lambda key, raw: None)
         self._known: set[ObjectKey] = set()
         self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
+        self._watch: RawWatch | None = None
         self.listed = threading.Event()
         self.resource_version: str | None = None
         self.lists = 0  # how many times this kind was listed (the first, then after each 410)
@@ -164,10 +174,8 @@ class KindWatcher:
         log.info("watch.listed", kind=self.kind.kind, objects=len(upserts), resource_version=self.resource_version)
 
     def _watch_once(self) -> None:
-        self._watch = watch.Watch()
+        self._watch = RawWatch()
         kwargs = dict(self.kind.kwargs)
-        # The client's own deserialisation stays on: with deserialize=False it fails on ERROR events
-        # (it looks for 'raw_object'), which is exactly how 410 Gone arrives. We read 'raw_object'.
         kwargs.update(allow_watch_bookmarks=True, timeout_seconds=self._options.watch_timeout_seconds)
         if self.resource_version:
             kwargs["resource_version"] = self.resource_version
