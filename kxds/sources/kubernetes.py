@@ -82,8 +82,11 @@ def kinds(api: client.ApiClient, options: KubernetesOptions) -> list[Kind]:
 class RawWatch(watch.Watch):
     """The client's watch without its typed copy of each object: it turns every Service, EndpointSlice
     and Secret it streams into the client's model classes (a JSON round trip and a model per field),
-    which kxds never reads; kxds parses `raw_object`. ERROR events (410 Gone) are handled as before:
-    `deserialize=False` would skip them (it looks for a 'raw_object' that only this path adds)."""
+    which kxds never reads; kxds parses `raw_object`. ERROR events (410 Gone) still raise as before:
+    `deserialize=False` would fail on them with a KeyError (it looks for a 'raw_object' that only
+    this path adds). Without a model the client no longer tracks resourceVersion from objects; it
+    never needs to, as `_watch_once` tracks it itself and always passes `timeout_seconds`, which
+    stops the client from resuming a watch on its own."""
 
     def get_return_type(self, func: Callable[..., Any]) -> None:
         return None  # no model: unmarshal_event returns the event as parsed, with raw_object
