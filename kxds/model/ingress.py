@@ -251,14 +251,17 @@ def _spec(raw: Any, namespace: str) -> dict[str, Any]:
     option = fields.string(spec.get("httpOption"), "spec.httpOption")
     if option not in ("", *HTTPOption):
         raise FieldError("spec.httpOption", f"invalid value {option!r}: must be Enabled or Redirected")
+    # Knative writes every path twice, in the ExternalIP rule and its ClusterLocal twin: equal paths
+    # become one object, which the translator builds once (it tells paths apart by identity).
+    shared: dict[Path, Path] = {}
     return {
-        "rules": tuple(_rule(r, f"spec.rules[{i}]", namespace) for i, r in enumerate(rules)),
+        "rules": tuple(_rule(r, f"spec.rules[{i}]", namespace, shared) for i, r in enumerate(rules)),
         "tls": tuple(_tls(t, f"spec.tls[{i}]") for i, t in enumerate(fields.sequence(spec.get("tls"), "spec.tls"))),
         "http_option": HTTPOption(option or HTTPOption.ENABLED),
     }
 
 
-def _rule(raw: Any, at: str, namespace: str) -> Rule:
+def _rule(raw: Any, at: str, namespace: str, shared: dict[Path, Path]) -> Rule:
     rule = fields.required_mapping(raw, at)
     hosts = tuple(_host(h, f"{at}.hosts[{i}]") for i, h in enumerate(fields.sequence(rule.get("hosts"), f"{at}.hosts")))
     visibility = fields.string(rule.get("visibility"), f"{at}.visibility") or Visibility.EXTERNAL_IP
@@ -273,7 +276,7 @@ def _rule(raw: Any, at: str, namespace: str) -> Rule:
     return Rule(
         hosts=tuple(dict.fromkeys(hosts)),
         visibility=Visibility(visibility),
-        paths=tuple(_path(p, f"{at}.http.paths[{j}]", namespace) for j, p in enumerate(paths)),
+        paths=tuple(shared.setdefault(path, path) for path in (_path(p, f"{at}.http.paths[{j}]", namespace) for j, p in enumerate(paths))),
     )
 
 

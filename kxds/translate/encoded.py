@@ -34,6 +34,8 @@ def encode(name: str, msg: message.Message) -> Encoded:
 def _varint(n: int) -> bytes:
     if n < 0x80:  # most lengths and every tag kxds writes: one byte
         return _BYTES[n]
+    if n < 0x4000:  # a route or a vhost: two
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -55,6 +57,22 @@ def length_delimited(number: int, data: bytes) -> bytes:
     return _TAGS[number] + (_BYTES[size] if size < 0x80 else _varint(size)) + data
 
 
+def field_head(number: int, size: int) -> bytes:
+    """The tag and length of a length-delimited field of `size` bytes: joined with its data, what
+    `length_delimited` gives, without copying a large value twice."""
+    return _TAGS[number] + (_BYTES[size] if size < 0x80 else _varint(size))
+
+
+def string_field(number: int, value: str) -> bytes:
+    """A proto3 string field: nothing at all when empty, as the runtime writes it."""
+    return length_delimited(number, value.encode()) if value else b""
+
+
+def enum_field(number: int, value: int) -> bytes:
+    """A proto3 enum (or other varint) field: nothing when 0."""
+    return _varint(number << 3) + _varint(value) if value else b""
+
+
 @dataclass(frozen=True, slots=True)
 class RouteTable:
     """A route configuration as its encoded vhosts (sorted by name), assembled on demand."""
@@ -72,7 +90,11 @@ class RouteTable:
         # validate_clusters: Envoy rejects routes naming a cluster it lacks instead of 503ing them
         # silently; kxds orders pushes so this never happens (xds-protocol.md §6.3).
         head = length_delimited(_NAME, self.name.encode())
-        data = b"".join([head, *(length_delimited(_VHOSTS, v.data) for v in self.vhosts), _table_tail(self.remove_headers)])
+        parts = [head]
+        for v in self.vhosts:
+            parts += (field_head(_VHOSTS, len(v.data)), v.data)
+        parts.append(_table_tail(self.remove_headers))
+        data = b"".join(parts)
         # Deterministic in the content, without hashing megabytes on every change.
         version = hashlib.sha256("".join([self.name, *(v.version for v in self.vhosts), *self.remove_headers]).encode()).hexdigest()[:16]
         return Encoded(self.name, data, version)

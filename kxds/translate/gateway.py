@@ -370,8 +370,12 @@ def upstream_ca(world: World, gateway: GatewaySettings) -> tuple[Secret | None, 
 def backends_of(ingress: Ingress, services: Mapping[str, Service], *, internal_tls: bool) -> dict[str, Backend] | str:
     """The cluster each split needs, or the first problem found."""
     found: dict[str, Backend] = {}
+    seen: set[int] = set()  # a path object its rules repeat (the parser shares them) gives the same backends again
     for i, rule in enumerate(ingress.rules):
         for j, path in enumerate(rule.paths):
+            if id(path) in seen:
+                continue
+            seen.add(id(path))
             for k, split in enumerate(path.splits):
                 service = services.get(f"{split.service_namespace}/{split.service_name}")
                 if service is None:

@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 from kxds.model.ingress import HTTPOption, Ingress, Path, Split, Visibility
 from kxds.translate import extensions, names
 from kxds.resources import Encoded, content_version
-from kxds.translate.encoded import encode, length_delimited, serialized
+from kxds.translate.encoded import encode, enum_field, field_head, length_delimited, serialized, string_field
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -39,6 +39,12 @@ _WEIGHTED_CLUSTERS = rc.WeightedCluster.DESCRIPTOR.fields_by_name["clusters"].nu
 _WEIGHT_FIELDS = rc.WeightedCluster.ClusterWeight.DESCRIPTOR.fields_by_name
 _WEIGHT_NAME, _WEIGHT_HEADERS = _WEIGHT_FIELDS["name"].number, _WEIGHT_FIELDS["request_headers_to_add"].number
 assert _WEIGHT_NAME < _WEIGHT_FIELDS["weight"].number < _WEIGHT_HEADERS
+_OPTION_FIELDS = base_pb2.HeaderValueOption.DESCRIPTOR.fields_by_name
+_OPTION_HEADER, _OPTION_ACTION = _OPTION_FIELDS["header"].number, _OPTION_FIELDS["append_action"].number
+assert _OPTION_HEADER < _OPTION_FIELDS["append"].number < _OPTION_ACTION < _OPTION_FIELDS["keep_empty_value"].number
+_OVERWRITE = enum_field(_OPTION_ACTION, OVERWRITE)
+_HEADER_KEY, _HEADER_VALUE = (base_pb2.HeaderValue.DESCRIPTOR.fields_by_name[f].number for f in ("key", "value"))
+assert _HEADER_KEY < _HEADER_VALUE < base_pb2.HeaderValue.DESCRIPTOR.fields_by_name["raw_value"].number
 _VHOST_FIELDS = rc.VirtualHost.DESCRIPTOR.fields_by_name
 # Name, domains, routes, then ext-authz's typed_per_filter_config.
 _VHOST_NAME, _VHOST_DOMAINS, _VHOST_ROUTES = (_VHOST_FIELDS[f].number for f in ("name", "domains", "routes"))
@@ -104,14 +110,16 @@ def ingress_virtual_hosts(ingress: Ingress, *, tls: bool = False, redirects_disa
 
 
 class _RouteBodies:
-    """An Ingress's routes without their names, (probe copy, original) per distinct path."""
+    """An Ingress's routes without their names, (probe copy, original) per path object: the parser
+    makes a path its rules repeat one object, and identity costs nothing to hash (a path's hash
+    walks all its splits and headers). Lives for one translation of one Ingress, which holds the paths."""
 
     def __init__(self, digest: str, ext_authz: bool) -> None:
         self._digest, self._ext_authz = digest, ext_authz
-        self._built: dict[tuple[Path, bool], tuple[bytes, bytes]] = {}
+        self._built: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
 
     def of(self, path: Path, redirected: bool) -> tuple[bytes, bytes]:
-        built = self._built.get((path, redirected))
+        built = self._built.get((id(path), redirected))
         if built is None:
             # Field order: match, route | redirect, request_headers_to_add, typed_per_filter_config.
             opt_out = _acme_opt_out() if self._ext_authz and path.path.startswith(extensions.ACME_CHALLENGE_PREFIX) else b""
@@ -126,7 +134,7 @@ class _RouteBodies:
                     probe_match + action + _route_headers(_with(path.append_headers, names.PROBE_HASH_HEADER, self._digest)) + opt_out,
                     _match(prefix, path.headers) + action + _route_headers(path.append_headers) + opt_out,
                 )
-            self._built[(path, redirected)] = built
+            self._built[(id(path), redirected)] = built
         return built
 
 
@@ -168,8 +176,11 @@ def _vhost(ingress_key: str, hosts: tuple[str, ...], routes: list[tuple[int, byt
     # `host:*` matches an authority that carries a port, as gRPC clients send (envoy#886).
     domains = [d for host in hosts for d in (host, f"{host}:*")]
     name = names.vhost_name(ingress_key, hosts[0])
-    head = [length_delimited(_VHOST_NAME, name.encode()), *(length_delimited(_VHOST_DOMAINS, d.encode()) for d in domains)]
-    data = b"".join([*head, *(length_delimited(_VHOST_ROUTES, route) for _, route in ordered), tail])
+    parts = [length_delimited(_VHOST_NAME, name.encode()), *(length_delimited(_VHOST_DOMAINS, d.encode()) for d in domains)]
+    for _, route in ordered:
+        parts += (field_head(_VHOST_ROUTES, len(route)), route)
+    parts.append(tail)
+    data = b"".join(parts)
     return VirtualHost(Encoded(name, data, content_version(data)), hosts)
 
 
@@ -192,12 +203,15 @@ def _route_headers(pairs: tuple[tuple[str, str], ...]) -> bytes:
     return b"".join(length_delimited(_ROUTE_HEADERS, _header_option(k, v)) for k, v in pairs)
 
 
-@functools.lru_cache(maxsize=8192)  # an Ingress's rules, probe copies and splits repeat the same headers
+@functools.lru_cache(maxsize=1024)  # Knative's names and tags repeat; a revision's name or a probe hash does not
 def _header_option(key: str, value: str) -> bytes:
+    """A HeaderValueOption's bytes (header, then append_action), written directly: building the
+    message costs several times more, and most values are met once (tests pin the bytes)."""
     # Knative's appendHeaders *set* the header: a client-sent value is replaced (serving#6366).
     # Envoy reads `%` in added header values as a formatter command (%REQ(...)% and the like) and
     # rejects the whole route configuration on a lone one: a literal % is written %%.
-    return serialized(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value.replace("%", "%%")), append_action=OVERWRITE))
+    header = string_field(_HEADER_KEY, key) + string_field(_HEADER_VALUE, value.replace("%", "%%"))
+    return length_delimited(_OPTION_HEADER, header) + _OVERWRITE
 
 
 def _forward_action(path: Path) -> bytes:

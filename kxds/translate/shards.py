@@ -9,7 +9,7 @@ pickle an order of magnitude faster than the frozen dataclasses they are made fr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kxds.model.ingress import Ingress
@@ -23,16 +23,18 @@ from kxds.translate.gateway import (
     Plan,
     TranslationCache,
     assignment_inputs,
-    backends_of,
     cluster_entry,
     cluster_inputs,
 )
 
 EncodedData = tuple[str, bytes, str]  # name, bytes, version
 ScopeData = tuple[EncodedData, tuple[tuple[str, str], ...]]  # the scope and what it asks for
-# key, clusters its routes name, external and internal vhosts (Kourier's layout), its own route
-# configurations and scopes (the scoped layout).
-IngressData = tuple[str, tuple[str, ...], tuple[EncodedData, ...], tuple[EncodedData, ...], tuple[EncodedData, ...], tuple[ScopeData, ...]]
+# A backend: cluster, Service key, index of the port in the Service's ports, HTTP/2, upstream TLS.
+BackendData = tuple[str, str, int, bool, bool]
+# key, its backends, clusters its routes name, external and internal vhosts (Kourier's layout), its
+# own route configurations and scopes (the scoped layout).
+IngressData = tuple[str, tuple[BackendData, ...], tuple[str, ...], tuple[EncodedData, ...], tuple[EncodedData, ...], tuple[EncodedData, ...],
+                    tuple[ScopeData, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,8 @@ def share(world: World, gateway: GatewaySettings, ingresses: Sequence[Ingress]) 
     results = [cache.ingresses[key][1] for key in programmed]
     return ShareData(
         ingresses=tuple(
-            (key, tuple(r.clusters), _plain(r.external), _plain(r.internal), _plain(r.tables), tuple((_data(s), tuple(asks)) for s, asks in r.scopes))
+            (key, _backend_data(r.backends), tuple(r.clusters), _plain(r.external), _plain(r.internal), _plain(r.tables),
+             tuple((_data(s), tuple(asks)) for s, asks in r.scopes))
             for key, r in zip(programmed, results)
         ),
         clusters=tuple(
@@ -94,10 +97,10 @@ def seed(cache: TranslationCache, world: World, gateway: GatewaySettings, ingres
     mine = {i.key: i for i in ingresses}
     backends: dict[str, Backend] = {}
     seeded = 0
-    for key, clusters, external, internal, tables, scoped in data.ingresses:
+    for key, backend_data, clusters, external, internal, tables, scoped in data.ingresses:
         ingress = mine.get(key)
-        found = backends_of(ingress, world.services, internal_tls=plan.upstream_ca is not None) if ingress is not None else None
-        if ingress is None or not isinstance(found, dict):
+        found = _backends(backend_data, world) if ingress is not None else None
+        if ingress is None or found is None:
             continue  # not handed out, or its Services moved: the full translation decides
         asks: dict[tuple[tuple[str, str], ...], frozenset[tuple[str, str]]] = {}
         result = IngressResult(
@@ -117,6 +120,22 @@ def seed(cache: TranslationCache, world: World, gateway: GatewaySettings, ingres
             slices = world.endpoint_slices.get(first.service.key, ())
             cache.assignments[name] = (assignment_inputs(first, slices), Encoded(*assignment))
     return seeded
+
+
+def _backend_data(backends: Mapping[str, Backend]) -> tuple[BackendData, ...]:
+    return tuple((name, b.service.key, b.service.ports.index(b.port), b.http2, b.upstream_tls) for name, b in backends.items())
+
+
+def _backends(data: tuple[BackendData, ...], world: World) -> dict[str, Backend] | None:
+    """A share's backends made of this process's Services: what `backends_of` gives for the same
+    Ingress and Services (the share translated this very world), without working it out again."""
+    found = {}
+    for name, service_key, port, http2, upstream_tls in data:
+        service = world.services.get(service_key)
+        if service is None or port >= len(service.ports):
+            return None
+        found[name] = Backend(service, service.ports[port], http2, upstream_tls)
+    return found
 
 
 def _data(e: Encoded) -> EncodedData:
