@@ -18,8 +18,8 @@ from kxds.resources import Encoded
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import (
     Backend,
+    PROGRAMMED,
     IngressResult,
-    Outcome,
     Plan,
     TranslationCache,
     assignment_inputs,
@@ -104,7 +104,7 @@ def seed(cache: TranslationCache, world: World, gateway: GatewaySettings, ingres
             continue  # not handed out, or its Services moved: the full translation decides
         asks: dict[tuple[tuple[str, str], ...], frozenset[tuple[str, str]]] = {}
         result = IngressResult(
-            Outcome(programmed=True), found, external=_encoded(external), internal=_encoded(internal), clusters=frozenset(clusters),
+            PROGRAMMED, found, external=_encoded(external), internal=_encoded(internal), clusters=frozenset(clusters),
             tables=_encoded(tables), scopes=tuple((Encoded(*s), asks.get(a) or asks.setdefault(a, frozenset(a))) for s, a in scoped),
         )
         cache.ingresses[key] = (plan.inputs(ingress), result)
