@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -32,10 +33,38 @@ from kxds.pki import bundle_leaf
 LOCAL = "127.0.0.1"
 
 
+def _ephemeral_ports() -> range:
+    """The kernel's source ports for outgoing connections (net.ipv4.ip_local_port_range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+_EPHEMERAL = _ephemeral_ports()
+# Above the registered ports most services use, outside the ephemeral range.
+_LISTEN_PORTS = [p for p in range(20000, 65536) if p not in _EPHEMERAL]
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCAL, 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1, never handed out before in this process, outside the kernel's
+    ephemeral range. A port handed out here is often bound much later (the HTTPS listeners only
+    once a TLS Ingress exists): an ephemeral one could meanwhile become the source port of any
+    outgoing connection (a curl, an Envoy upstream), and the listener then fails to bind."""
+    for _ in range(1000):
+        port = random.choice(_LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((LOCAL, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
