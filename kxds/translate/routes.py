@@ -1,8 +1,8 @@
 """Ingress rules → Envoy virtual hosts and routes (knative-ingress-contract.md §9.3, §10.4–§10.6).
 
 Vhosts come out encoded, assembled from the bytes of their parts: Knative repeats every path in an
-Ingress's ExternalIP and ClusterLocal rules, and a probe copy differs from its original by headers
-only, so each distinct piece is built once per Ingress, and header options once per process.
+Ingress's ExternalIP and ClusterLocal rules (the parser makes them one path object), and a probe
+copy differs from its original by headers only, so each distinct piece is built once per Ingress.
 Building route messages field by field was most of a cold translation at 10,000 Ingresses; the
 bytes are the same as the messages' deterministic encoding.
 """
