@@ -22,11 +22,6 @@ def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None
         before = previous.of_type(type_url) if previous is not None else {}
         resources = by_type[type_url] = {}
         type_needs, type_asks = needs_of.get(type_url, {}), config.asks.get(type_url, {})
-        if not before:  # a cold start: 110,000 resources at 10,000 Ingresses, none to reuse
-            wrap = Resource.wrapped
-            for e in encoded:
-                resources[e.name] = wrap(type_url, e, type_needs.get(e.name, NONE), type_asks.get(e.name, NONE))
-            continue
         for e in encoded:
             needs, asks = type_needs.get(e.name, NONE), type_asks.get(e.name, NONE)
             old = before.get(e.name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -165,7 +165,7 @@ class Plan:
 
     def add(self, ingress: Ingress) -> Outcome:
         key, claimed = ingress.key, self.claimed
-        hosts = [h for rule in ingress.rules for h in (rule.hosts or ("*",))]  # claimed_hosts, without a set per Ingress
+        hosts = list(_claims(ingress))
         if any(claimed.get(h, key) != key for h in hosts):
             return _CONFLICT
         for host in hosts:
@@ -292,7 +292,12 @@ class Plan:
 
 def claimed_hosts(ingress: Ingress) -> frozenset[str]:
     """The hosts an Ingress claims against the others (a rule without hosts claims every host)."""
-    return frozenset(h for rule in ingress.rules for h in (rule.hosts or ("*",)))
+    return frozenset(_claims(ingress))
+
+
+def _claims(ingress: Ingress) -> Iterator[str]:
+    """`claimed_hosts` in rule order, repeats included (a full translation checks them without a set)."""
+    return (h for rule in ingress.rules for h in (rule.hosts or ("*",)))
 
 
 def precedence(ingress: Ingress) -> tuple[str, str, str]:
