@@ -29,11 +29,12 @@ class _Unasked:
 
 
 class Interest:
-    def __init__(self, lineage: Lineage) -> None:
+    def __init__(self, lineage: Lineage, needing: Iterable[tuple[str, str]] = ()) -> None:
         self._lineage = lineage
         self._unasked: dict[tuple[str, str], _Unasked] = {}
-        # (dependent type, role: "acked" or "pending") → the clusters that response's resources need.
-        self._needs: dict[tuple[str, str], Tally] = {}
+        # (dependent type, role: "acked" or "pending") → the clusters that response's resources need;
+        # `needing` are kept from the start.
+        self._needs: dict[tuple[str, str], Tally] = {pair: Tally("needs", CLUSTER) for pair in needing}
 
     def all_asked(self, parent_type: str, type_url: str, parent: Resources, available: Resources, names: Subscribed) -> bool:
         """Has the gateway subscribed to every resource of `available` that `parent` asks for?"""

@@ -47,31 +47,36 @@ class Lineage:
         while len(self._parents) > self._capacity:
             del self._parents[next(iter(self._parents))]  # the oldest: its descendants compare in full
 
-    def _ancestry(self, mapping: Resources) -> dict[int, tuple[Resources, frozenset[str]]]:
-        """Each recorded ancestor of `mapping` (and itself), with the names changed on the way."""
-        out = {id(mapping): (mapping, frozenset[str]())}
-        current, changed = mapping, frozenset[str]()
+    def between(self, a: Resources, b: Resources) -> frozenset[str] | None:
+        """Every name whose resource may differ between `a` and `b`; None if they are unrelated.
+
+        Derivations form a tree: the first of `a`'s ancestors that is also one of `b`'s is their
+        nearest common one, and the names changed on the ways to it are the fewest."""
+        if a is b:
+            return frozenset()
+        # b and its recorded ancestors: id → steps up from b; steps[i] the names step i changed.
+        theirs, chain, steps = {id(b): 0}, [b], []
+        current = b
         for _ in range(self._capacity):
             entry = self._parents.get(id(current))
             if entry is None or entry[0] is not current:
                 break
-            current, changed = entry[1], changed | entry[2]
-            out.setdefault(id(current), (current, changed))
-        return out
-
-    def between(self, a: Resources, b: Resources) -> frozenset[str] | None:
-        """Every name whose resource may differ between `a` and `b`; None if they are unrelated."""
-        if a is b:
-            return frozenset()
-        theirs = self._ancestry(b)
-        best: frozenset[str] | None = None
-        for key, (ancestor, changed) in self._ancestry(a).items():
-            other = theirs.get(key)
-            if other is not None and other[0] is ancestor:
-                names = changed | other[1]
-                if best is None or len(names) < len(best):
-                    best = names
-        return best
+            current = entry[1]
+            steps.append(entry[2])
+            theirs.setdefault(id(current), len(steps))
+            chain.append(current)
+        ours: list[frozenset[str]] = []
+        current = a
+        for _ in range(self._capacity + 1):
+            up = theirs.get(id(current))
+            if up is not None and chain[up] is current:
+                return frozenset().union(*ours, *steps[:up])
+            entry = self._parents.get(id(current))
+            if entry is None or entry[0] is not current:
+                break
+            ours.append(entry[2])
+            current = entry[1]
+        return None
 
     def differing(self, resources: Resources, held: Resources) -> list[str]:
         """Names in `resources` that `held` lacks or holds at another version, in name order."""

@@ -130,7 +130,10 @@ class SotwStream:
     budget: int = RESPONSE_BUDGET
 
     def __post_init__(self) -> None:
-        self._interest = Interest(self._lineage)
+        # The clusters routes and listeners need are counted from the gateway's first responses
+        # on, and kept up with: counted only when a cluster first leaves, it would cost a count
+        # of every route configuration in the middle of that change.
+        self._interest = Interest(self._lineage, needing=[(dependent, role) for dependent in DEPENDENTS for role in ROLES])
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
         if self.node is None and request.HasField("node"):
@@ -393,7 +396,11 @@ class SotwStream:
             if parent is not None and parent.acked is not None and child is not None:
                 self._asked_for(type_url, parent_type, parent.acked, child)
         for dependent, role in self._interest.needing_roles():
+            # Nothing pending: the next response of the type is derived from what the gateway
+            # applied, so the tally waits there, one step from it, rather than where it last was.
             response = self._response(dependent, role)
+            if response is None:
+                response = self._response(dependent, "acked")
             if response is not None:
                 self._interest.needed(dependent, role, response.resources)
 

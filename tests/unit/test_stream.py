@@ -13,6 +13,7 @@ from kxds.translate.clusters import ads_source
 from kxds.translate.encoded import encode
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds import stream as xs
+from kxds.xds.lineage import Lineage, Resources, Tally
 from kxds.engine.assemble import build_snapshot
 from kxds.xds.snapshot import Snapshot
 from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -321,3 +322,55 @@ def test_a_patched_snapshot_knows_what_changed_since_the_mapping_it_patched() ->
     converge(stream)
     (eds,) = stream.on_snapshot(second)
     assert names_in(eds) == ["b"]
+
+
+class _CountingLineage(Lineage):
+    """The stream's own lineage, counting the tallies it had to count afresh over every resource."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recounts: list[str] = []
+
+    def follow(self, tally: Tally, resources: Resources) -> frozenset[str] | None:
+        moved = super().follow(tally, resources)
+        if moved is None and resources:
+            self.recounts.append(tally.relation)
+        return moved
+
+
+def test_a_cluster_leaving_long_after_sync_is_decided_without_recounting_the_routes() -> None:
+    """What routes need is counted once, at the gateway's first sync, and kept up with: not counted
+    over every route configuration when a cluster first leaves, many changes later."""
+    first = snapshot({"old": 1}, ["old"])
+    lineage = _CountingLineage()
+    stream = xs.SotwStream(first, _lineage=lineage)
+    converge(stream)
+    counted_at_sync = len(lineage.recounts)
+    assert counted_at_sync  # at the first sync, what it applied was counted in full
+    current = first
+    for port in range(2, 2 + 3 * lineage.capacity):  # far more endpoint flips than the lineage remembers
+        moved = endpoint_pb2.ClusterLoadAssignment(cluster_name="old")
+        moved.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = port
+        current = current.with_changes(current.serial + 1, {ENDPOINT: {"old": xs.Resource.encoded(ENDPOINT, encode("old", moved))}})
+        (eds,) = stream.on_snapshot(current)
+        stream.on_request(ack(eds, ["old"]))
+    # The route moves to a new cluster, and the old one leaves once the routes stop naming it.
+    new = cluster_pb2.Cluster(name="new", type=cluster_pb2.Cluster.EDS)
+    new.eds_cluster_config.eds_config.CopyFrom(ads_source())
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name="new")
+    assignment.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = 9
+    weighted = route_components_pb2.WeightedCluster(clusters=[route_components_pb2.WeightedCluster.ClusterWeight(name="new")])
+    vhost = route_components_pb2.VirtualHost(name="v", domains=["*"], routes=[route_components_pb2.Route(route=route_components_pb2.RouteAction(weighted_clusters=weighted))])
+    moved_routes = current.with_changes(current.serial + 1, {
+        CLUSTER: {"new": xs.Resource.encoded(CLUSTER, encode("new", new), [(ENDPOINT, "new")]), "old": None},
+        ENDPOINT: {"new": xs.Resource.encoded(ENDPOINT, encode("new", assignment)), "old": None},
+        ROUTE: {"r": xs.Resource.encoded(ROUTE, encode("r", route_pb2.RouteConfiguration(name="r", virtual_hosts=[vhost])), [(CLUSTER, "new")])},
+    })
+    (cds,) = stream.on_snapshot(moved_routes)
+    assert names_in(cds) == ["new", "old"]  # kept: the routes the gateway holds still name it
+    stream.on_request(ack(cds))
+    (eds,) = stream.on_request(request(ENDPOINT, ["new", "old"], nonce=stream.types[ENDPOINT].last_nonce))
+    (rds,) = stream.on_request(ack(eds, ["new", "old"]))
+    (cleanup,) = stream.on_request(ack(rds, ["r"]))
+    assert names_in(cleanup) == ["new"]
+    assert lineage.recounts[counted_at_sync:] == []
