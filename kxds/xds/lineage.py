@@ -22,7 +22,7 @@ Resources = Mapping[str, Resource]
 
 
 class Lineage:
-    def __init__(self, capacity: int = 16) -> None:
+    def __init__(self, capacity: int = 64) -> None:
         self._capacity = capacity
         # id(child) → (child, parent, names that may differ); the entries keep both alive, so an id
         # cannot be reused while it is recorded.
@@ -50,32 +50,34 @@ class Lineage:
     def between(self, a: Resources, b: Resources) -> frozenset[str] | None:
         """Every name whose resource may differ between `a` and `b`; None if they are unrelated.
 
-        Derivations form a tree: the first of `a`'s ancestors that is also one of `b`'s is their
-        nearest common one, and the names changed on the ways to it are the fewest."""
+        Derivations form a tree. Both sides walk up one step at a time, and the first mapping one
+        side reaches that the other has passed is their nearest common ancestor: the names
+        changed on the ways to it are the fewest, and the walk costs the distance, not the capacity."""
         if a is b:
             return frozenset()
-        # b and its recorded ancestors: id → steps up from b; steps[i] the names step i changed.
-        theirs, chain, steps = {id(b): 0}, [b], []
-        current = b
+        # Each side: the mappings it passed (itself first), the names each step up changed, and
+        # the index of each passed mapping by id.
+        sides: tuple[tuple[list[Resources], list[frozenset[str]], dict[int, int]], ...] = (([a], [], {id(a): 0}), ([b], [], {id(b): 0}))
+        active = [True, True]
         for _ in range(self._capacity):
-            entry = self._parents.get(id(current))
-            if entry is None or entry[0] is not current:
+            for side in (0, 1):
+                if not active[side]:
+                    continue
+                passed, steps, index = sides[side]
+                entry = self._parents.get(id(passed[-1]))
+                if entry is None or entry[0] is not passed[-1]:
+                    active[side] = False
+                    continue
+                parent = entry[1]
+                passed.append(parent)
+                steps.append(entry[2])
+                index.setdefault(id(parent), len(steps))
+                other_passed, other_steps, other_index = sides[1 - side]
+                met = other_index.get(id(parent))
+                if met is not None and other_passed[met] is parent:
+                    return frozenset().union(*steps, *other_steps[:met])
+            if not (active[0] or active[1]):
                 break
-            current = entry[1]
-            steps.append(entry[2])
-            theirs.setdefault(id(current), len(steps))
-            chain.append(current)
-        ours: list[frozenset[str]] = []
-        current = a
-        for _ in range(self._capacity + 1):
-            up = theirs.get(id(current))
-            if up is not None and chain[up] is current:
-                return frozenset().union(*ours, *steps[:up])
-            entry = self._parents.get(id(current))
-            if entry is None or entry[0] is not current:
-                break
-            ours.append(entry[2])
-            current = entry[1]
         return None
 
     def differing(self, resources: Resources, held: Resources) -> list[str]:
