@@ -103,6 +103,8 @@ class KindWatcher:
         self._deliver = deliver
         self._raw_sink = raw_sink or (lambda key, raw: None)
         self._known: set[ObjectKey] = set()
+        # Ingresses: what their parse read when last parsed (see `_as_read`).
+        self._read: dict[ObjectKey, tuple[int, int, int]] = {}
         self._stop = threading.Event()
         self._watch: RawWatch | None = None
         self.listed = threading.Event()
@@ -170,6 +172,7 @@ class KindWatcher:
         # Whatever vanished while we were not watching is deleted now.
         deletes = {k for k in self._known if k not in upserts}
         self._known = set(upserts)
+        self._read.clear()  # parsed afresh: the next change of each is parsed too
         self.resource_version = version
         self.lists += 1
         self._deliver(upserts, deletes)
@@ -197,17 +200,41 @@ class KindWatcher:
         raw.setdefault("apiVersion", self.kind.api_version)
         raw.setdefault("kind", self.kind.kind)
         key = object_key(raw)
+        read = self._as_read(raw) if kind != "DELETED" else None
+        if kind == "MODIFIED" and read is not None and key in self._known and self._read.get(key) == read:
+            self._raw_sink(key, raw)  # a status change: the status writer follows it, nothing else reads it
+            return
         parsed = None if kind == "DELETED" else self._parse(raw)
         if parsed is None:
             # Deleted, or no longer ours (an Ingress whose class changed): as if deleted.
+            self._read.pop(key, None)
             if key in self._known:
                 self._known.discard(key)
                 self._raw_sink(key, None)
                 self._deliver({}, {key})
             return
+        if read is not None:
+            self._read[key] = read
+        else:
+            self._read.pop(key, None)
         self._known.add(key)
         self._raw_sink(key, raw)
         self._deliver({key: parsed}, set())
+
+    def _as_read(self, raw: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        """What an Ingress's parse reads (spec, annotations, labels), in brief; None where that
+        cannot be told. The API server bumps `generation` on every change of an Ingress's spec and
+        never on a status write, so the echo of each status kxds writes (one per life-cycle event)
+        is not parsed again. Other kinds, and an Ingress without a generation, are always parsed."""
+        if self.kind.kind != "Ingress":
+            return None
+        metadata = raw.get("metadata")
+        if not isinstance(metadata, Mapping):
+            return None
+        generation, annotations, labels = metadata.get("generation"), _fingerprint(metadata.get("annotations")), _fingerprint(metadata.get("labels"))
+        if not isinstance(generation, int) or generation <= 0 or annotations is None or labels is None:
+            return None
+        return generation, annotations, labels
 
     def _parse(self, raw: Mapping[str, Any]) -> Parsed | None:
         try:
@@ -219,6 +246,15 @@ class KindWatcher:
             log.error("object.rejected", kind=self.kind.kind, object=str(object_key(raw)), error=f"{type(exc).__name__}: {str(exc)[:200]}")
             return None
         return parsed[1] if parsed is not None else None
+
+
+def _fingerprint(values: Any) -> int | None:
+    """A string map's content as a hash; None if it is not a string map (absent is empty)."""
+    if values is None:
+        return hash(frozenset())
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        return None
+    return hash(frozenset(values.items()))
 
 
 class KubernetesSource:
