@@ -16,6 +16,7 @@ headers are removed before going upstream.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -48,8 +49,9 @@ Fragment = hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder
 
 
 def route_config_name(table: str, owner: str) -> str:
-    """`external_services/<namespace>/<name>`: one Ingress's share of a Kourier route table."""
-    return f"{table}/{owner}"
+    """`external_services/<namespace>/<name>`: one Ingress's share of a Kourier route table
+    (interned, as cluster names are: scopes, the snapshot and subscriptions all hold it)."""
+    return sys.intern(f"{table}/{owner}")
 
 
 def scope_name(table: str, host: str) -> str:

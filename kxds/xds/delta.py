@@ -9,6 +9,7 @@ the SotW stream's rules, inherited unchanged.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,7 +54,8 @@ class DeltaStream(SotwStream):
         return self._delta_pump()
 
     def _delta_subscribe(self, state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        subscribe, unsubscribe = set(request.resource_names_subscribe), set(request.resource_names_unsubscribe)
+        # Interned: the snapshot's names are, so a subscription holds no second copy of each.
+        subscribe, unsubscribe = set(map(sys.intern, request.resource_names_subscribe)), set(request.resource_names_unsubscribe)
         first = not state.named_explicitly and not state.wildcard and not state.names
         # Legacy wildcard: a first request naming nothing subscribes to everything (§5.2).
         state.wildcard = (state.wildcard or WILDCARD in subscribe or (first and not subscribe)) and WILDCARD not in unsubscribe
