@@ -49,7 +49,7 @@ class AdminState:
         """Changes whenever a page could: a snapshot published, a gateway's state moved."""
         return self._fleet.snapshot.serial, self._fleet.generation
 
-    def ingresses(self) -> Any:
+    def ingresses(self) -> list[IngressStatus]:
         return self._controller.statuses()
 
     def gateways(self) -> Any:

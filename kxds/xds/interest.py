@@ -29,11 +29,11 @@ class _Unasked:
 
 
 class Interest:
-    def __init__(self, lineage: Lineage, needing: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, lineage: Lineage, needing: Iterable[tuple[str, str]]) -> None:
         self._lineage = lineage
         self._unasked: dict[tuple[str, str], _Unasked] = {}
-        # (dependent type, role: "acked" or "pending") → the clusters that response's resources need;
-        # `needing` are kept from the start.
+        # (dependent type, role: "acked" or "pending") → the clusters that response's resources
+        # need: one tally per pair in `needing`, kept from the first response on.
         self._needs: dict[tuple[str, str], Tally] = {pair: Tally("needs", CLUSTER) for pair in needing}
 
     def all_asked(self, parent_type: str, type_url: str, parent: Resources, available: Resources, names: Subscribed) -> bool:
@@ -59,10 +59,9 @@ class Interest:
         return not memo.unasked
 
     def needed(self, dependent: str, role: str, resources: Resources) -> Tally:
-        """The clusters `resources` (a response of a dependent type, in this role) need."""
-        tally = self._needs.get((dependent, role))
-        if tally is None:
-            tally = self._needs[(dependent, role)] = Tally("needs", CLUSTER)
+        """The clusters `resources` (a response of a dependent type, in this role) need; the pair
+        is one of those given as `needing`."""
+        tally = self._needs[(dependent, role)]
         self._lineage.follow(tally, resources)
         return tally
 

@@ -20,7 +20,8 @@ class Recorded:
     def watcher(self, kind: str = "Ingress") -> KindWatcher:
         api_version = f"{INGRESS_GROUP}/{INGRESS_VERSION}" if kind == "Ingress" else "v1"
         never_listed = Kind(api_version, kind, lambda *args, **kwargs: None)
-        return KindWatcher(never_listed, Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving"), KubernetesOptions(), lambda up, gone: self.delivered.append((up, gone)),
+        filters = Filters(ingress_class=DEFAULT_INGRESS_CLASS, system_namespace="knative-serving")
+        return KindWatcher(never_listed, filters, KubernetesOptions(), lambda up, gone: self.delivered.append((up, gone)),
                            lambda key, raw: self.raw.append((key, raw)))
 
 
