@@ -1,4 +1,4 @@
-"""The file source: every *.yaml, *.yml and *.json under a directory, followed live.
+"""The file source: every *.yaml, *.yml and *.json under a directory (hidden ones aside), followed live.
 
 A file that fails to parse is reported and its previously good objects are kept; a document
 that is not a usable object is reported and, if it had a good version before, that is kept.
@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import watchfiles
 import yaml
 
 from kxds.model.errors import InvalidObject
 from kxds.model.objects import Filters, ObjectKey, Parsed, object_key, parse_object
+from kxds.sources import watch
 
 log = structlog.get_logger("kxds.sources.files")
 
-SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader when PyYAML has it: the pure-Python one takes about 1 ms per document.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # A file that looks half-written (unparsable, or losing objects) is read again once it has not
@@ -33,17 +32,13 @@ MAX_SETTLE_SECONDS = 2.0
 Sink = Callable[[Mapping[ObjectKey, Parsed], Iterable[ObjectKey]], None]
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file's content changed without reading it (a symlink is followed)."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
-
-
-def is_source_file(path: Path) -> bool:
-    # Editors' and kubectl's temporary files start with a dot or end with ~.
-    return path.suffix in SUFFIXES and not path.name.startswith(".")
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def read_documents(path: Path) -> Iterator[Any]:
@@ -77,42 +72,50 @@ def _yaml_documents(path: Path) -> Iterator[Any]:
 
 
 class FileSource:
-    def __init__(self, directory: Path, filters: Filters, sink: Sink, on_reject: Callable[[str], None] | None = None) -> None:
+    def __init__(self, directory: Path, filters: Filters, sink: Sink, on_reject: Callable[[str], None] | None = None, *,
+                 polling: bool = False) -> None:
         self.directory = directory
+        self._polling = polling  # watch.py's fallback where inotify is missing, chosen (tests run both)
         self._filters = filters
         self._sink = sink
         self._on_reject = on_reject or (lambda kind: None)
         self._files: dict[Path, dict[ObjectKey, Parsed]] = {}
         self._merged: dict[ObjectKey, Parsed] = {}
         self._where: dict[ObjectKey, tuple[Path, ...]] = {}  # the files defining each object
+        self._stamps: dict[Path, tuple[int, int, int] | None] = {}  # each file as last read
 
     def load(self) -> None:
         """Read everything once (before serving): the source's initial list."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"source directory {self.directory} does not exist")
-        paths = sorted(p for p in self.directory.rglob("*") if p.is_file() and is_source_file(p))
+        paths = watch.source_files(self.directory)
         for path in paths:
             self._read(path)
         self._emit(paths, set())
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Follow creates, edits, deletes and renames until `stop` is set."""
-        async for changes in watchfiles.awatch(
-            self.directory, watch_filter=lambda _, p: is_source_file(Path(p)), stop_event=stop, debounce=10, step=5
-        ):
-            paths: list[Path] = []
+        async for batch in watch.changes(self.directory, stop or asyncio.Event(), polling=self._polling):
+            paths = (batch.paths | self._moved()) if batch.rescan else batch.paths
             before: set[ObjectKey] = set()
-            for _, changed in sorted(changes, key=lambda c: c[1]):
-                path = Path(changed)
-                paths.append(path)
+            for path in sorted(paths):
                 before |= self._files.get(path, {}).keys()
                 if path.is_file():
                     if not self._read(path, final=False):
                         await self._settle(path)
                         self._read(path)
-                elif self._files.pop(path, None) is not None:
-                    log.info("source.file_removed", file=str(path))
-            self._emit(paths, before)
+                else:
+                    self._stamps.pop(path, None)
+                    if self._files.pop(path, None) is not None:
+                        log.info("source.file_removed", file=str(path))
+            self._emit(sorted(paths), before)
+
+    def _moved(self) -> set[Path]:
+        """The files whose content may differ from what was read, found without any event naming
+        them (a directory moved in or out, a symlink swapped): in proportion to the files, not the objects."""
+        present = {path: _stamp(path) for path in watch.source_files(self.directory)}
+        changed = {path for path, stamp in present.items() if self._stamps.get(path, ()) != stamp}
+        return changed | (self._files.keys() - present.keys())
 
     @staticmethod
     async def _settle(path: Path) -> None:
@@ -131,6 +134,7 @@ class FileSource:
         had, may be a half-written file: unless `final`, it is not applied and False is returned,
         so the caller can read again once the file has settled."""
         previous = self._files.get(path, {})
+        stamp = _stamp(path)  # before reading: a write during the read shows as a change later
         objects: dict[ObjectKey, Parsed] = {}
         keys: set[ObjectKey] = set()
         rejections: list[tuple[int, InvalidObject, bool]] = []
@@ -162,6 +166,7 @@ class FileSource:
                 return False
             log.error("source.file_invalid", file=str(path), error=str(exc), kept=len(previous))
             self._on_reject("file")
+            self._stamps[path] = stamp
             return True
         if not final and previous and not previous.keys() <= keys:
             return False
@@ -169,6 +174,7 @@ class FileSource:
             log.error("object.rejected", file=str(path), document=index, error=str(problem), kept_previous=kept)
             self._on_reject(problem.kind)
         self._files[path] = objects
+        self._stamps[path] = stamp
         return True
 
     def _emit(self, paths: list[Path], before: set[ObjectKey]) -> None:

@@ -1,15 +1,18 @@
-"""The file source against a real directory, followed live with watchfiles."""
+"""The file source against a real directory, followed live: with inotify, and with the polling fallback."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
+import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from kxds.model.ingress import Ingress, RejectedIngress
@@ -64,11 +67,11 @@ def write(path: Path, *docs: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump_all(list(docs)))
 
 
-@pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[tuple[Path, Recorder]]:
+@pytest.fixture(params=["inotify", "polling"])
+async def live(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Path, Recorder]]:
     write(tmp_path / "a.yaml", service("svc-a"), ingress("ing-a", rule(["a.example.com"], path(split("svc-a")))))
     mirror = Recorder()
-    source = FileSource(tmp_path, FILTERS, mirror)
+    source = FileSource(tmp_path, FILTERS, mirror, polling=request.param == "polling")
     source.load()
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(stop))
@@ -76,6 +79,27 @@ async def live(tmp_path: Path) -> AsyncIterator[tuple[Path, Recorder]]:
     yield tmp_path, mirror
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+def port_of(mirror: Mirror, name: str) -> int | None:
+    found = [o for o in mirror.objects.values() if isinstance(o, Service) and o.name == name]
+    return found[0].ports[0].port if found else None
+
+
+def mount_config_map(directory: Path, version: str, files: dict[str, list[dict[str, Any]]]) -> None:
+    """What the kubelet does to a ConfigMap volume (its atomic writer): the files in a new hidden
+    directory, `..data` swapped to it in one rename, a visible symlink per key, the old directory removed."""
+    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
+    (directory / version).mkdir()
+    for name, docs in files.items():
+        write(directory / version / name, *docs)
+    os.symlink(version, directory / "..data_tmp")
+    os.rename(directory / "..data_tmp", directory / "..data")
+    for name in files:
+        if not (directory / name).is_symlink():
+            os.symlink(f"..data/{name}", directory / name)
+    if old is not None:
+        shutil.rmtree(directory / old)
 
 
 async def test_initial_load_reads_multi_document_yaml_and_json(tmp_path: Path) -> None:
@@ -140,10 +164,10 @@ async def test_a_half_written_file_never_loses_its_objects(live: tuple[Path, Rec
     directory, recorder = live
     full = yaml.safe_dump_all([service("svc-a", port=81), ingress("ing-a", rule(["a.example.com"], path(split("svc-a"))))])
     cut = {"empty": 0, "first document only": full.index("---"), "cut mid-document": full.index("---") + 40}[partial]
-    with open(directory / "a.yaml", "w") as slow_writer:  # a writer that takes its time
-        slow_writer.write(full[:cut])
-        slow_writer.flush()
-        await asyncio.sleep(0.15)
+    # A writer that takes its time and closes the file in between, as `cat part1 > f; cat part2 >> f` does.
+    (directory / "a.yaml").write_text(full[:cut])
+    await asyncio.sleep(0.15)
+    with open(directory / "a.yaml", "a") as slow_writer:
         slow_writer.write(full[cut:])
     await recorder.until(lambda: any(isinstance(o, Service) and o.name == "svc-a" and o.ports[0].port == 81 for o in recorder.objects.values()))
     assert recorder.deleted == [] and recorder.names("Ingress") == {"ing-a"}
@@ -160,8 +184,7 @@ async def test_an_object_in_two_files_comes_from_the_last_by_name_and_falls_back
     directory, mirror = live
 
     def port() -> int | None:
-        found = [o for o in mirror.objects.values() if isinstance(o, Service) and o.name == "svc-a"]
-        return found[0].ports[0].port if found else None
+        return port_of(mirror, "svc-a")
 
     write(directory / "z.yaml", service("svc-a", port=99))
     await mirror.until(lambda: port() == 99)  # z.yaml sorts after a.yaml: it wins
@@ -173,3 +196,66 @@ async def test_an_object_in_two_files_comes_from_the_last_by_name_and_falls_back
     (directory / "b.yaml").unlink()
     await mirror.until(lambda: port() == 80)  # back to a.yaml's
     assert all(k.name != "svc-a" for k in mirror.deleted)  # never deleted while some file defines it
+
+
+async def test_hidden_files_and_directories_are_not_read(tmp_path: Path) -> None:
+    write(tmp_path / ".a.yaml", service("dotfile"))
+    (tmp_path / ".git").mkdir()
+    write(tmp_path / ".git" / "b.yaml", service("in-hidden-directory"))
+    write(tmp_path / "c.yaml", service("visible"))
+    mirror = Mirror()
+    FileSource(tmp_path, FILTERS, mirror).load()
+    assert mirror.names("Service") == {"visible"}
+
+
+async def test_a_mounted_config_map_is_read_once_and_followed_through_its_symlink_swap(tmp_path: Path) -> None:
+    mount_config_map(tmp_path, "..2026_12_06_01", {"app.yaml": [service("svc-a")], "more.yaml": [service("svc-b")]})
+    mirror = Recorder()
+    source = FileSource(tmp_path, FILTERS, mirror)
+    with structlog.testing.capture_logs() as logs:
+        source.load()
+    assert mirror.names("Service") == {"svc-a", "svc-b"}
+    assert logs == []  # the hidden copies are not read: no object is defined twice
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(0.3)
+    # An update: no event names app.yaml, only the `..data` swap does.
+    mount_config_map(tmp_path, "..2026_12_06_02", {"app.yaml": [service("svc-a", port=81)], "more.yaml": [service("svc-b")]})
+    await mirror.until(lambda: port_of(mirror, "svc-a") == 81)
+    assert mirror.deleted == [] and mirror.names("Service") == {"svc-a", "svc-b"}
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_directory_created_or_moved_in_is_followed_and_one_moved_out_is_withdrawn(live: tuple[Path, Recorder]) -> None:
+    directory, mirror = live
+    (directory / "team").mkdir()
+    write(directory / "team" / "b.yaml", service("svc-b"))
+    await mirror.until(lambda: "svc-b" in mirror.names("Service"))
+    write(directory / "team" / "b.yaml", service("svc-b", port=82))  # the new directory is watched too
+    await mirror.until(lambda: port_of(mirror, "svc-b") == 82)
+    elsewhere = directory.parent / f"{directory.name}-prepared"
+    elsewhere.mkdir()
+    write(elsewhere / "c.yaml", service("svc-c"))
+    os.rename(elsewhere, directory / "prepared")  # files that were there before any watch
+    await mirror.until(lambda: "svc-c" in mirror.names("Service"))
+    os.rename(directory / "team", elsewhere)
+    await mirror.until(lambda: "svc-b" not in mirror.names("Service"))
+    assert mirror.names("Service") == {"svc-a", "svc-c"}
+
+
+async def test_inotify_follows_a_directory_without_a_polling_thread(tmp_path: Path) -> None:
+    """The default watcher sleeps in the event loop until the kernel has something: no thread wakes to poll."""
+    write(tmp_path / "a.yaml", service("svc-a"))
+    mirror = Mirror()
+    source = FileSource(tmp_path, FILTERS, mirror)
+    source.load()
+    threads = threading.active_count()
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(0.3)
+    write(tmp_path / "b.yaml", service("svc-b"))
+    await mirror.until(lambda: "svc-b" in mirror.names("Service"))
+    assert threading.active_count() == threads
+    stop.set()
+    await asyncio.wait_for(task, 5)
