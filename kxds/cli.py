@@ -290,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(getattr(args, "log_level", "warning") or "info")
     match args.command:
         case "serve":
+            from kxds.memory import map_large_blocks
+
+            map_large_blocks()  # before the objects are read: what a burst frees is not kept resident
             from kxds.app import serve
 
             return asyncio.run(serve(settings_from(args)))

@@ -5,6 +5,8 @@ configurations copied into responses, then into gRPC's buffers), frees far more 
 CPython hands objects over 512 bytes — every encoded resource — to the C allocator, and glibc's
 returns only the free memory at the top of its heap: the rest stays resident until reused (measured:
 ~50 MB at 10,000 Ingresses after a gateway synced). `malloc_trim(0)` releases every free page.
+
+Large blocks are mapped on their own instead (`map_large_blocks`), so they never stay resident at all.
 """
 
 from __future__ import annotations
@@ -12,6 +14,14 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
+
+# glibc maps a block of at least M_MMAP_THRESHOLD bytes on its own and unmaps it when it is freed. Left
+# alone, it raises that threshold to the largest such block freed so far (up to 32 MiB): after the first
+# multi-megabyte response, every later one comes from the heap, where what a burst frees stays resident
+# and fragments it. Fixed at 256 KiB, measured at 10,000 Ingresses through a gateway's first sync:
+# primed 306 -> 295 MiB, peak 352 -> 339, after the sync 349 -> 316; no more CPU per event.
+MMAP_THRESHOLD_BYTES = 256 * 1024
+_M_MMAP_THRESHOLD = -3  # <malloc.h>
 
 # Resource bytes sent to gateways (or a full translation, which counts as this much) between releases.
 RELEASE_AFTER_BYTES = 32 * 1024 * 1024
@@ -27,6 +37,16 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
+
+
+def map_large_blocks(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Have every block of at least `threshold` bytes mapped on its own from now on (see above); False
+    where the C library cannot (musl, macOS). Call it before the process allocates much."""
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def release_free_memory() -> bool:
