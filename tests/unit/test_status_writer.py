@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from kxds.readiness import UNINITIALIZED, IngressStatus
-from kxds.status import LoadBalancers, RateLimiter, StatusWriter
+from kxds.status import LoadBalancers, Observed, RateLimiter, StatusWriter
 
 
 def status(name: str, ready: bool) -> IngressStatus:
@@ -62,12 +62,15 @@ async def test_a_pass_looks_only_at_what_may_have_moved() -> None:
     writer.mark(["ns/i3"])  # its readiness moved
     assert await writer.sync() == 2
     assert sorted(cluster.looked) == ["ns/i3", "ns/i7"]
-    # The watch echoing what was written is no change; a new generation is.
-    writer.observe("ns/i5", {**writer.observed["ns/i5"]})
+    # The watch echoing what was written (in the API server's own key order) is no change; a new generation is.
+    written = writer.observed["ns/i5"].status
+    assert written is not None
+    writer.observe("ns/i5", {"metadata": {"name": "i5", "namespace": "ns", "generation": 1},
+                             "status": dict(reversed([(k, v) for k, v in written.items()]))})
     cluster.looked.clear()
     await writer.sync()
     assert "ns/i5" not in cluster.looked
-    writer.observe("ns/i5", {"metadata": {"name": "i5", "namespace": "ns", "generation": 2}, "status": writer.observed["ns/i5"]["status"]})
+    writer.observe("ns/i5", {"metadata": {"name": "i5", "namespace": "ns", "generation": 2}, "status": written})
     assert await writer.sync() == 1 and "ns/i5" in cluster.looked
     writer.mark_all()
     cluster.looked.clear()
@@ -123,8 +126,8 @@ async def test_the_writer_keeps_only_what_a_write_reads_of_each_ingress() -> Non
                           "annotations": {"a": "b" * 4096}},
              "spec": {"rules": [{"hosts": ["h" * 200] * 20}]}, "status": {"observedGeneration": 2}}
     writer.observe("ns/i0", bulky)
-    assert writer.observed["ns/i0"] == {"metadata": {"generation": 3, "uid": "u-1"}, "status": {"observedGeneration": 2}}
+    assert writer.observed["ns/i0"] == Observed(generation=3, uid="u-1", status_json='{"observedGeneration":2}')
     cluster.statuses["ns/i0"] = IngressStatus(namespace="ns", name="i0", ready=False, reason="BackendNotFound", message="gone", hash="h", hosts=())
     assert await writer.sync() == 1
-    assert writer.observed["ns/i0"]["status"]["observedGeneration"] == 3
+    assert (writer.observed["ns/i0"].status or {})["observedGeneration"] == 3
     assert [(e[2], e[4]) for e in recorded] == [("u-1", "BackendNotFound")]
