@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -49,3 +50,26 @@ def test_size_is_bounded() -> None:
         check_shape({"spec": list(range(MAX_NODES + 1))})
     with pytest.raises(FieldError, match="bytes of text"):
         check_shape({"spec": ["x" * (1 << 20)] * 9})
+
+
+@pytest.mark.parametrize("kind", ["Ingress", "Service", "EndpointSlice"])
+def test_reading_a_document_leaves_nothing_for_the_cyclic_gc(kind: str) -> None:
+    """kxds pauses the cyclic GC while it translates and then freezes what is alive: a reference
+    cycle made by a watch parsing meanwhile would stay for good. Reading must free all it made by
+    reference counting alone."""
+    from bench.generate import ingress, revision_objects
+    from kxds.model.objects import Filters, parse_object
+
+    doc = next(d for d in [ingress(1), *revision_objects(1, [8080])] if d["kind"] == kind)
+    filters = Filters(ingress_class="kourier.ingress.networking.knative.dev", system_namespace="knative-serving")
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(20):
+            check_shape(doc)
+            assert parse_object(doc, filters) is not None
+        assert gc.collect() == 0
+    finally:
+        if enabled:
+            gc.enable()
