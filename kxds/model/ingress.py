@@ -339,7 +339,7 @@ def _split(raw: Any, at: str, namespace: str) -> Split:
         raise FieldError(f"{at}.percent", f"invalid value {percent}: must be between 0 and 100")
     return Split(
         service_namespace=namespace,  # equal, checked above: the Ingress's own string
-        service_name=service_name,
+        service_name=sys.intern(service_name),  # shared with the Service, its slices and the other splits naming it
         service_port=port,
         percent=percent,
         append_headers=_added_headers(split.get("appendHeaders"), f"{at}.appendHeaders"),
@@ -409,7 +409,7 @@ def _header_matches(raw: Any, at: str) -> tuple[tuple[str, str], ...]:
         _header_name(str(name), f"{at}.{name}")
         exact = fields.string(fields.mapping(match, f"{at}.{name}").get("exact"), f"{at}.{name}.exact")
         _check_header_value(exact, f"{at}.{name}.exact")
-        out.append((str(name), exact))
+        out.append((sys.intern(str(name)), sys.intern(exact)))  # Knative's tag routes all match the same header
     return tuple(out)
 
 

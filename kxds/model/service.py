@@ -102,7 +102,7 @@ def parse_service(raw: Mapping[str, Any]) -> Service:
         external_name = fields.string(spec.get("externalName"), "spec.externalName")
         if service_type == "ExternalName" and not external_name:
             raise FieldError("spec.externalName", "missing field for a Service of type ExternalName")
-        return Service(namespace=namespace, name=name, type=service_type, external_name=external_name, ports=tuple(ports))
+        return Service(namespace=namespace, name=sys.intern(name), type=service_type, external_name=external_name, ports=tuple(ports))
     except FieldError as exc:
         raise InvalidObject("Service", namespace, name, exc.field, exc.problem) from exc
 
@@ -131,7 +131,7 @@ def parse_endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
         if address_type not in ("IPv4", "IPv6"):
             addresses = set()  # FQDN slices are not routable endpoints for Envoy's EDS
         return EndpointSlice(
-            namespace=namespace, name=name, service_name=service_name, addresses=tuple(sorted(addresses)), ports=ports
+            namespace=namespace, name=name, service_name=sys.intern(service_name), addresses=tuple(sorted(addresses)), ports=ports
         )
     except FieldError as exc:
         raise InvalidObject("EndpointSlice", namespace, name, exc.field, exc.problem) from exc
