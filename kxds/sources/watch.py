@@ -67,25 +67,28 @@ def source_files(root: Path) -> list[Path]:
 
 async def changes(root: Path, stop: asyncio.Event, *, polling: bool = False) -> AsyncIterator[Batch]:
     """The changes under `root` until `stop` is set (or the directory itself goes)."""
-    try:
-        if polling:
-            raise OSError("polling was asked for")
-        from asyncinotify import Inotify
+    reason = "polling was asked for"
+    if not polling:
+        try:
+            from asyncinotify import Inotify
 
-        inotify = Inotify(cache_size=READ_EVENTS)
-    except (ImportError, AttributeError, OSError) as exc:  # not Linux, or the user's instance limit reached
-        log.info("source.polling", directory=str(root), reason=str(exc) or type(exc).__name__, step_ms=POLL_STEP_MS)
-        async for batch in _polled(root, stop):
-            yield batch
-        return
-    with inotify:
-        async for batch in _notified(root, stop, inotify):
-            yield batch
+            inotify = Inotify(cache_size=READ_EVENTS)
+        except (ImportError, AttributeError, OSError) as exc:  # not Linux, or the user's instance limit reached
+            reason = str(exc) or type(exc).__name__
+        else:
+            with inotify:
+                tree = _Tree(root, inotify)
+                reason = tree.watch()
+                if not reason:
+                    async for batch in _notified(root, stop, inotify, tree):
+                        yield batch
+                    return
+    log.info("source.polling", directory=str(root), reason=reason, step_ms=POLL_STEP_MS)
+    async for batch in _polled(root, stop):
+        yield batch
 
 
-async def _notified(root: Path, stop: asyncio.Event, inotify: Inotify) -> AsyncIterator[Batch]:
-    tree = _Tree(root, inotify)
-    tree.watch()
+async def _notified(root: Path, stop: asyncio.Event, inotify: Inotify, tree: _Tree) -> AsyncIterator[Batch]:
     woken = asyncio.Event()
     pending = Batch()
     gone = False
@@ -137,14 +140,17 @@ class _Tree:
         self._mask = (Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE
                       | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR)
 
-    def watch(self) -> None:
-        """Watch every directory that is read now; forget those gone or moved out of reach."""
-        kept = set()
+    def watch(self) -> str:
+        """Watch every directory that is read now; forget those gone or moved out of reach. Returns
+        why the root itself cannot be watched (e.g. the user's watch limit), or "" when it is."""
+        kept, problem = set(), ""
         for directory, _ in _walk(self._root):
             try:
                 watch = self._inotify.add_watch(directory, self._mask)
             except OSError as exc:  # gone since the walk, or the user's watch limit
-                if directory == self._root or exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                if directory == self._root:
+                    problem = str(exc)
+                elif exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                     log.warning("source.unwatched", directory=str(directory), error=str(exc))
                 continue
             watch.path = directory  # a directory moved within the tree keeps its watch
@@ -155,6 +161,7 @@ class _Tree:
                     self._inotify.rm_watch(watch)
                 except OSError:
                     pass  # the kernel dropped it already
+        return problem
 
     def note(self, event: Event, batch: Batch) -> bool:
         """Add what `event` means to `batch`; False once the root directory is gone."""
