@@ -27,26 +27,23 @@ _M_MMAP_THRESHOLD = -3  # <malloc.h>
 RELEASE_AFTER_BYTES = 32 * 1024 * 1024
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+def _libc(name: str) -> Callable[..., int] | None:
+    """A glibc allocator function, or None where the C library has none (musl's malloc_trim, macOS)."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    return trim
+    return function
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc("malloc_trim")
 
 
 def map_large_blocks(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Have every block of at least `threshold` bytes mapped on its own from now on (see above); False
-    where the C library cannot (musl, macOS). Call it before the process allocates much."""
-    try:
-        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    where the C library cannot. Call it before the process allocates much."""
+    mallopt = _libc("mallopt")
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def release_free_memory() -> bool:

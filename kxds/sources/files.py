@@ -96,9 +96,9 @@ class FileSource:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Follow creates, edits, deletes and renames until `stop` is set."""
         async for batch in watch.changes(self.directory, stop or asyncio.Event(), polling=self._polling):
-            paths = (batch.paths | self._moved()) if batch.rescan else batch.paths
+            paths = sorted((batch.paths | self._moved()) if batch.rescan else batch.paths)
             before: set[ObjectKey] = set()
-            for path in sorted(paths):
+            for path in paths:
                 before |= self._files.get(path, {}).keys()
                 if path.is_file():
                     if not self._read(path, final=False):
@@ -108,7 +108,7 @@ class FileSource:
                     self._stamps.pop(path, None)
                     if self._files.pop(path, None) is not None:
                         log.info("source.file_removed", file=str(path))
-            self._emit(sorted(paths), before)
+            self._emit(paths, before)
 
     def _moved(self) -> set[Path]:
         """The files whose content may differ from what was read, found without any event naming

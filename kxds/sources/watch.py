@@ -46,16 +46,20 @@ class Batch:
         return bool(self.paths) or self.rescan
 
 
+def _hidden(name: str) -> bool:
+    # Editors' and kubectl's temporary files, and a ConfigMap volume's own entries ("..data").
+    return name.startswith(".")
+
+
 def is_source_name(name: str) -> bool:
-    # Editors' and kubectl's temporary files start with a dot or end with ~; a ConfigMap's own entries with "..".
-    return name.endswith(SUFFIXES) and not name.startswith(".")
+    return name.endswith(SUFFIXES) and not _hidden(name)
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
     """`root` and the directories under it that are read (not hidden ones, not symlinked ones), with
     the names of their files."""
     for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        subdirectories[:] = sorted(d for d in subdirectories if not _hidden(d))
         yield Path(directory), files
 
 
@@ -194,7 +198,7 @@ async def _polled(root: Path, stop: asyncio.Event) -> AsyncIterator[Batch]:
         for _, changed in found:
             path = Path(changed)
             parts = next((path.relative_to(base).parts for base in bases if path.is_relative_to(base)), ("..",))
-            if is_source_name(path.name) and not any(part.startswith(".") for part in parts):
+            if is_source_name(path.name) and not any(_hidden(part) for part in parts):
                 batch.paths.add(root / Path(*parts))
             else:  # a directory, a ConfigMap's symlink swap, a hidden file: cheap to look at everything
                 batch.rescan = True
