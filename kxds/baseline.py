@@ -18,7 +18,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from kxds.translate.encoded import encode
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds.snapshot import Resource, Snapshot
-from kxds.resources import CLUSTER, ENDPOINT
+from kxds.resources import CLUSTER, ENDPOINT, refs
 
 
 def inline_endpoints(config: GatewayConfig) -> GatewayConfig:
@@ -33,7 +33,7 @@ def inline_endpoints(config: GatewayConfig) -> GatewayConfig:
             cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment.FromString(assignments[encoded.name].data))
             encoded = encode(encoded.name, cluster)
         clusters.append(encoded)
-    needs = {name: frozenset(n for n in wanted if n[0] != ENDPOINT) for name, wanted in config.cluster_needs.items()}
+    needs = {name: refs(n for n in wanted if n[0] != ENDPOINT) for name, wanted in config.cluster_needs.items()}
     return replace(config, encoded={**config.encoded, CLUSTER: tuple(clusters), ENDPOINT: ()}, cluster_needs=needs, asks={**config.asks, CLUSTER: needs})
 
 

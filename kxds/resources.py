@@ -7,6 +7,7 @@ without either package importing the other.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # xDS resource type URLs: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#resource-types
@@ -16,6 +17,17 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+
+
+# (type URL, name) pairs: what a resource needs applied before it is usable, or what a gateway asks
+# for once it has it. A sorted tuple, not a set: nearly all hold one pair, and a one-pair frozenset
+# is a 216-byte object against a tuple's 56 (~50,000 of them at 10,000 Ingresses).
+Refs = tuple[tuple[str, str], ...]
+
+
+def refs(pairs: Iterable[tuple[str, str]]) -> Refs:
+    """`pairs` as Refs: each once, in order, so equal sets are equal tuples."""
+    return tuple(sorted(set(pairs)))
 
 
 def content_version(data: bytes) -> str:

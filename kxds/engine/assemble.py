@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kxds.resources import CLUSTER, LISTENER, ROUTE
+from kxds.resources import CLUSTER, LISTENER, ROUTE, Refs, refs
 from kxds.translate.gateway import GatewayConfig
 from kxds.xds.snapshot import NONE, Resource, Snapshot
 
@@ -12,10 +12,10 @@ def build_snapshot(config: GatewayConfig, serial: int, previous: Snapshot | None
     dynamic = {c.name for c in config.encoded.get(CLUSTER, ())}
     # An Ingress's route configurations (one per listener) name the same clusters: one set of needs
     # for all of them (60,000 sets at 10,000 Ingresses otherwise).
-    shared: dict[frozenset[str], frozenset[tuple[str, str]]] = {}
-    route_needs = {name: shared.get(clusters) or shared.setdefault(clusters, frozenset((CLUSTER, c) for c in clusters & dynamic))
+    shared: dict[frozenset[str], Refs] = {}
+    route_needs = {name: shared[clusters] if clusters in shared else shared.setdefault(clusters, refs((CLUSTER, c) for c in clusters & dynamic))
                    for name, clusters in config.route_clusters.items()}
-    listener_needs = {name: frozenset((CLUSTER, c) for c in clusters) for name, clusters in config.listener_clusters.items()}
+    listener_needs = {name: refs((CLUSTER, c) for c in clusters) for name, clusters in config.listener_clusters.items()}
     needs_of = {CLUSTER: config.cluster_needs, ROUTE: route_needs, LISTENER: listener_needs}
     by_type: dict[str, dict[str, Resource]] = {}
     for type_url, encoded in config.encoded.items():

@@ -155,7 +155,7 @@ def parse_ingress(raw: Mapping[str, Any]) -> Ingress | RejectedIngress:
         spec["rules"] = (*spec["rules"], *_tag_rules(spec["rules"], tag_hosts))
         return Ingress(
             namespace=namespace,
-            name=name,
+            name=sys.intern(name),  # shared with its key
             generation=generation,
             creation_timestamp=fields.string(metadata.get("creationTimestamp"), "metadata.creationTimestamp"),
             disable_http2=_annotation(metadata, DISABLE_HTTP2_ANNOTATION).lower() == "true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,10 @@ def object_key(raw: Mapping[str, Any]) -> ObjectKey:
         metadata = {}
 
     def text(value: Any, default: str = "") -> str:
-        return value[:253] if isinstance(value, str) and value else default
+        # Interned: a key lives as long as its object, and the kind and namespace (and the name,
+        # which the parsed object interns too) would otherwise be a copy per key, ~7 MB at
+        # 10,000 Knative Services.
+        return sys.intern(value[:253]) if isinstance(value, str) and value else default
 
     return ObjectKey(text(raw.get("kind")), text(metadata.get("namespace"), "default"), text(metadata.get("name")))
 

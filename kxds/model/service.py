@@ -131,7 +131,7 @@ def parse_endpoint_slice(raw: Mapping[str, Any]) -> EndpointSlice:
         if address_type not in ("IPv4", "IPv6"):
             addresses = set()  # FQDN slices are not routable endpoints for Envoy's EDS
         return EndpointSlice(
-            namespace=namespace, name=name, service_name=sys.intern(service_name), addresses=tuple(sorted(addresses)), ports=ports
+            namespace=namespace, name=sys.intern(name), service_name=sys.intern(service_name), addresses=tuple(sorted(addresses)), ports=ports
         )
     except FieldError as exc:
         raise InvalidObject("EndpointSlice", namespace, name, exc.field, exc.problem) from exc

@@ -22,7 +22,7 @@ from kxds.translate import clusters, extensions, listeners, names, routes, scope
 from kxds.translate.https import HttpsPlan
 from kxds.resources import Encoded, content_version
 from kxds.translate.encoded import RouteTable, encode
-from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, SECRET, Refs, refs
 
 # Ingress outcome reasons (Kourier's where Kourier has one).
 DOMAIN_CONFLICT = "DomainConflict"
@@ -58,7 +58,7 @@ class GatewayConfig:
     # Listener name → the clusters its filters call (ext-authz, the tracing collector).
     listener_clusters: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Cluster name → (type URL, name) of what it needs first: its EDS assignment, its CA secret.
-    cluster_needs: Mapping[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
+    cluster_needs: Mapping[str, Refs] = field(default_factory=dict)
     secrets: tuple[tls_pb2.Secret, ...] = ()
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
     # Problems with gateway-wide settings (default certificates), logged by the controller.
@@ -66,7 +66,7 @@ class GatewayConfig:
     # Type URL → name → (type URL, name) of what a gateway asks for once it has that resource (a
     # listener's route configuration and certificates, a scope's route configuration, a cluster's
     # endpoints): readiness waits until those are asked for and applied too.
-    asks: Mapping[str, Mapping[str, frozenset[tuple[str, str]]]] = field(default_factory=dict)
+    asks: Mapping[str, Mapping[str, Refs]] = field(default_factory=dict)
     # Type URL → every resource as it is served: encoded once, with its content version.
     encoded: Mapping[str, tuple[Encoded, ...]] = field(default_factory=dict)
 
@@ -236,7 +236,7 @@ class Plan:
         tables += [RouteTable.of(name, (v.encoded for v in vhosts)) for name, vhosts in https.route_config_vhosts().items()]
         wanted = sorted((name, b) for name, b in self.backends.items() if name in referenced)
         ca = self.upstream_ca[0] if self.upstream_ca is not None else None
-        needs: dict[str, frozenset[tuple[str, str]]] = {}
+        needs: dict[str, Refs] = {}
         built_clusters: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         built_assignments: dict[str, tuple[tuple[object, ...], Encoded]] = {}
         for name, b in wanted:
@@ -254,7 +254,7 @@ class Plan:
         route_clusters = {t.name: frozenset(referenced) for t in tables}
         scoped: dict[str, tuple[Encoded, ...]] = {}
         own_tables: list[Encoded] = []
-        scope_asks: dict[str, frozenset[tuple[str, str]]] = {}
+        scope_asks: dict[str, Refs] = {}
         if self.scoped:
             # Each Ingress's route configurations (cached with its translation) name only its clusters.
             status_table, status_scope = _status_table(self.ext_authz)
@@ -320,7 +320,7 @@ class ClusterEntry(NamedTuple):
 
     cluster: tuple[tuple[object, ...], Encoded]
     assignment: tuple[tuple[object, ...], Encoded] | None
-    needs: frozenset[tuple[str, str]]
+    needs: Refs
 
 
 def cluster_entry(name: str, b: Backend, ca: Secret | None, slices: tuple[EndpointSlice, ...], cache: TranslationCache) -> ClusterEntry:
@@ -336,7 +336,7 @@ def cluster_entry(name: str, b: Backend, ca: Secret | None, slices: tuple[Endpoi
             data = clusters.eds_cluster_data(name, _eds_settings(b.http2, ca_name, b.service.namespace if ca_name else ""))
             cached = (inputs, Encoded(name, data, content_version(data)))
     eds = [(ENDPOINT, name)] if b.service.type != "ExternalName" else []
-    needs = frozenset(eds + ([(SECRET, ca_name)] if ca_name else []))
+    needs = refs(eds + ([(SECRET, ca_name)] if ca_name else []))
     if b.service.type == "ExternalName":
         return ClusterEntry(cached, None, needs)
     assignment = assignment_inputs(b, slices)

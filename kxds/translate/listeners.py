@@ -23,7 +23,7 @@ from kxds.model.config import KourierConfig
 from kxds.settings import SCOPED_LAYOUT, GatewaySettings
 from kxds.translate import extensions, names, scopes, tls
 from kxds.translate.clusters import ads_source, packed, tls_socket
-from kxds.resources import ROUTE, SECRET
+from kxds.resources import ROUTE, SECRET, Refs, refs
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -144,7 +144,7 @@ def connection_manager(route_config: str, kourier: KourierConfig, *, scoped: boo
     return manager
 
 
-def asks(listener: listener_pb2.Listener) -> frozenset[tuple[str, str]]:
+def asks(listener: listener_pb2.Listener) -> Refs:
     """(type URL, name) of what a gateway subscribes to once it has this listener: the route
     configuration each connection manager names over RDS and the certificates of its TLS chains."""
     out: set[tuple[str, str]] = set()
@@ -156,7 +156,7 @@ def asks(listener: listener_pb2.Listener) -> frozenset[tuple[str, str]]:
         context = tls_pb2.DownstreamTlsContext()
         if chain.HasField("transport_socket") and chain.transport_socket.typed_config.Unpack(context):
             out.update((SECRET, c.name) for c in context.common_tls_context.tls_certificate_sds_secret_configs)
-    return frozenset(out)
+    return refs(out)
 
 
 def _stdout_access_log(template: str) -> accesslog_pb2.AccessLog:

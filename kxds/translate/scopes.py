@@ -29,7 +29,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from kxds.translate.clusters import packed
 from kxds.resources import Encoded, content_version
 from kxds.translate.encoded import RouteTable, length_delimited
-from kxds.resources import ROUTE
+from kxds.resources import ROUTE, Refs
 
 # Set by the listener on every request (never trusted from the client), read by the scope key.
 LISTENER_HEADER = "x-kxds-listener"
@@ -107,13 +107,13 @@ def table(table_name: str, owner: str, vhosts: Iterable[Encoded]) -> RouteTable:
 
 
 # A scope with what a gateway asks for once it holds it: the route configuration it names.
-Scope = tuple[Encoded, frozenset[tuple[str, str]]]
+Scope = tuple[Encoded, Refs]
 
 
 def scopes(table_name: str, owner: str, hosts: Iterable[str]) -> tuple[Scope, ...]:
     """One scope per host, all naming the owner's route configuration for this table."""
     route_config = route_config_name(table_name, owner)
-    asks = frozenset({(ROUTE, route_config)})
+    asks: Refs = ((ROUTE, route_config),)
     # 50,000 scopes at 10,000 Ingresses: written as bytes (name, route configuration, key).
     middle = length_delimited(_ROUTE_CONFIGURATION, route_config.encode())
     table_fragment = _fragment(table_name)

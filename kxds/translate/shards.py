@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kxds.model.ingress import Ingress
 from kxds.model.world import World
-from kxds.resources import Encoded
+from kxds.resources import Encoded, Refs
 from kxds.settings import GatewaySettings
 from kxds.translate.gateway import (
     Backend,
@@ -102,10 +102,10 @@ def seed(cache: TranslationCache, world: World, gateway: GatewaySettings, ingres
         found = _backends(backend_data, world) if ingress is not None else None
         if ingress is None or found is None:
             continue  # not handed out, or its Services moved: the full translation decides
-        asks: dict[tuple[tuple[str, str], ...], frozenset[tuple[str, str]]] = {}
+        asks: dict[Refs, Refs] = {}  # one per route configuration, as the translator shares them
         result = IngressResult(
             PROGRAMMED, found, external=_encoded(external), internal=_encoded(internal), clusters=frozenset(clusters),
-            tables=_encoded(tables), scopes=tuple((Encoded(*s), asks.get(a) or asks.setdefault(a, frozenset(a))) for s, a in scoped),
+            tables=_encoded(tables), scopes=tuple((Encoded(*s), asks.setdefault(a, a)) for s, a in scoped),
         )
         cache.ingresses[key] = (plan.inputs(ingress), result)
         seeded += 1

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
+from kxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE, refs
 from kxds.xds.delta import DeltaStream
 from kxds.xds.lineage import Lineage
 from kxds.xds.snapshot import Resource, Snapshot
@@ -40,7 +40,7 @@ def resource(type_url: str, name: str, variant: int) -> Resource:
     elif type_url == ROUTE:
         needs = {(CLUSTER, CLUSTERS[variant % 4]), (CLUSTER, CLUSTERS[(variant * 3) % 4])}
     return Resource(name=name, version=f"{name}-{variant}", type_url=type_url, data=f"{type_url}/{name}/{variant}".encode(),
-                    needs=frozenset(needs), asks=frozenset(asks))
+                    needs=refs(needs), asks=refs(asks))
 
 
 change = st.tuples(st.sampled_from(TYPES), st.integers(0, 3), st.one_of(st.none(), st.integers(0, 5)))

@@ -143,7 +143,7 @@ def test_ext_authz_filter_cluster_and_per_vhost_context() -> None:
     assert per_route(acme).disabled
     # Listeners wait for the cluster their filter calls (make-before-break, like routes).
     snapshot = build_snapshot(config, 1)
-    assert snapshot.of_type(LISTENER)["listener_8080"].needs == {(CLUSTER, "extAuthz")}
+    assert snapshot.of_type(LISTENER)["listener_8080"].needs == ((CLUSTER, "extAuthz"),)
 
 
 def test_the_environment_wins_over_config_kourier_for_ext_authz() -> None:

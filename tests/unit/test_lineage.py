@@ -17,7 +17,7 @@ NAMES = [f"r{n}" for n in range(12)]
 
 
 def resource(name: str, version: int) -> Resource:
-    return Resource(name=name, version=str(version), asks=frozenset({(ROUTE, f"route-{version % 3}")}))
+    return Resource(name=name, version=str(version), asks=((ROUTE, f"route-{version % 3}"),))
 
 
 def full_differing(a: Resources, b: Resources) -> list[str]:

@@ -38,7 +38,7 @@ def snapshot(clusters: dict[str, int], routes_to: list[str], listener_port: int 
     listener = listener_pb2.Listener(name="listener", address={"socket_address": {"port_value": listener_port}})
     config = GatewayConfig(
         route_clusters={"r": frozenset(routes_to)},
-        cluster_needs={name: frozenset({(ENDPOINT, name)}) for name in clusters},
+        cluster_needs={name: ((ENDPOINT, name),) for name in clusters},
         encoded={
             CLUSTER: tuple(encode(c.name, c) for c in cds),
             ENDPOINT: tuple(encode(a.cluster_name, a) for a in eds),

@@ -150,7 +150,7 @@ def test_upstream_tls_with_the_routing_ca() -> None:
     assert [s.matcher.exact for s in sans] == ["kn-routing", "kn-user-ns"]
     params = context.common_tls_context.tls_params
     assert params.tls_minimum_protocol_version == params.tls_maximum_protocol_version == params.TLSv1_3
-    assert config.cluster_needs["ns/b"] == {(ENDPOINT, "ns/b"), (SECRET, "knative-serving/routing-serving-certs/ca.crt")}
+    assert set(config.cluster_needs["ns/b"]) == {(ENDPOINT, "ns/b"), (SECRET, "knative-serving/routing-serving-certs/ca.crt")}
     assert not by_name["ns/a"].HasField("transport_socket")  # rewriteHost paths stay plain
     assert [s.name for s in config.secrets] == ["knative-serving/routing-serving-certs/ca.crt"]
 
