@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -167,7 +168,7 @@ class StatusWriter:
         now = self.observed[key] = Observed.of(raw)
         # The echo of our own write changes nothing; a new generation or someone else's status does.
         if (before is None or before.generation != now.generation
-                or (before.status_json != now.status_json and _comparable(before.status) != _comparable(now.status))):
+                or (before.status_zip != now.status_zip and _comparable(before.status) != _comparable(now.status))):
             self._dirty.add(key)
 
     async def sync(self) -> int:
@@ -211,7 +212,7 @@ class StatusWriter:
             return False
         # Remember what we wrote so the same status is not written again before the watch echoes it.
         if key in self.observed:
-            self.observed[key] = replace(seen, status_json=_compact(wanted))
+            self.observed[key] = replace(seen, status_zip=_compact(wanted))
         log.info("status.written", ingress=key, generation=generation, ready=status.ready, reason=status.reason)
         return True
 
@@ -244,12 +245,13 @@ class StatusWriter:
 class Observed:
     """What a status write reads of an Ingress as last seen: its generation, its uid (for Events) and
     its status. Not the whole object as the API serves it (spec, annotations, managedFields: tens of
-    kilobytes decoded), and the status as compact JSON: decoded, three conditions and two load
-    balancers are ~3 KB of dicts and strings per Ingress (33 MiB at 10,000, measured), the JSON ~500 bytes."""
+    kilobytes decoded), and the status as compressed compact JSON: decoded, three conditions and two
+    load balancers are ~3 KB of dicts and strings per Ingress (33 MiB at 10,000, measured), the JSON
+    ~550 bytes, compressed ~250."""
 
     generation: int
     uid: str
-    status_json: str  # "" when it has none
+    status_zip: bytes  # empty when it has none
 
     @staticmethod
     def of(raw: Mapping[str, Any]) -> Observed:
@@ -259,9 +261,9 @@ class Observed:
 
     @property
     def status(self) -> dict[str, Any] | None:
-        return json.loads(self.status_json) if self.status_json else None
+        return json.loads(zlib.decompress(self.status_zip)) if self.status_zip else None
 
 
-def _compact(status: Any) -> str:
-    # Sorted keys: the same status is the same text, so the echo of a write is seen without decoding.
-    return json.dumps(status, sort_keys=True, separators=(",", ":")) if status else ""
+def _compact(status: Any) -> bytes:
+    # Sorted keys: the same status is the same bytes, so the echo of a write is seen without decoding.
+    return zlib.compress(json.dumps(status, sort_keys=True, separators=(",", ":")).encode()) if status else b""

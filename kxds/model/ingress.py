@@ -100,7 +100,8 @@ class Ingress:
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
         splits = (s for rule in self.rules for p in rule.paths for s in p.splits)
-        object.__setattr__(self, "services", frozenset(f"{s.service_namespace}/{s.service_name}" for s in splits))
+        # Interned: the same text names the Service's cluster and keys the indexes of its users.
+        object.__setattr__(self, "services", frozenset(sys.intern(f"{s.service_namespace}/{s.service_name}") for s in splits))
 
     @property
     def hosts(self) -> frozenset[str]:

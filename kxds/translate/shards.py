@@ -25,6 +25,7 @@ from kxds.translate.gateway import (
     assignment_inputs,
     cluster_entry,
     cluster_inputs,
+    shared_set,
 )
 
 EncodedData = tuple[str, bytes, str]  # name, bytes, version
@@ -104,7 +105,7 @@ def seed(cache: TranslationCache, world: World, gateway: GatewaySettings, ingres
             continue  # not handed out, or its Services moved: the full translation decides
         asks: dict[Refs, Refs] = {}  # one per route configuration, as the translator shares them
         result = IngressResult(
-            PROGRAMMED, found, external=_encoded(external), internal=_encoded(internal), clusters=frozenset(clusters),
+            PROGRAMMED, found, external=_encoded(external), internal=_encoded(internal), clusters=shared_set(clusters, ingress.services),
             tables=_encoded(tables), scopes=tuple((Encoded(*s), asks.setdefault(a, a)) for s, a in scoped),
         )
         cache.ingresses[key] = (plan.inputs(ingress), result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import zlib
 from typing import Any
 
 from kxds.readiness import UNINITIALIZED, IngressStatus
@@ -126,7 +127,7 @@ async def test_the_writer_keeps_only_what_a_write_reads_of_each_ingress() -> Non
                           "annotations": {"a": "b" * 4096}},
              "spec": {"rules": [{"hosts": ["h" * 200] * 20}]}, "status": {"observedGeneration": 2}}
     writer.observe("ns/i0", bulky)
-    assert writer.observed["ns/i0"] == Observed(generation=3, uid="u-1", status_json='{"observedGeneration":2}')
+    assert writer.observed["ns/i0"] == Observed(generation=3, uid="u-1", status_zip=zlib.compress(b'{"observedGeneration":2}'))
     cluster.statuses["ns/i0"] = IngressStatus(namespace="ns", name="i0", ready=False, reason="BackendNotFound", message="gone", hash="h", hosts=())
     assert await writer.sync() == 1
     assert (writer.observed["ns/i0"].status or {})["observedGeneration"] == 3
