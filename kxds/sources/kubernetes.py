@@ -103,8 +103,8 @@ class KindWatcher:
         self._deliver = deliver
         self._raw_sink = raw_sink or (lambda key, raw: None)
         self._known: set[ObjectKey] = set()
-        # Ingresses: what their parse read when last parsed (see `_as_read`).
-        self._read: dict[ObjectKey, tuple[int, int, int]] = {}
+        # Ingresses: what their parse read when last parsed, as one hash (see `_as_read`).
+        self._read: dict[ObjectKey, int] = {}
         self._stop = threading.Event()
         self._watch: RawWatch | None = None
         self.listed = threading.Event()
@@ -221,7 +221,7 @@ class KindWatcher:
         self._raw_sink(key, raw)
         self._deliver({key: parsed}, set())
 
-    def _as_read(self, raw: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    def _as_read(self, raw: Mapping[str, Any]) -> int | None:
         """What an Ingress's parse reads (spec, annotations, labels), in brief; None where that
         cannot be told. The API server bumps `generation` on every change of an Ingress's spec and
         never on a status write, so the echo of each status kxds writes (one per life-cycle event)
@@ -234,7 +234,7 @@ class KindWatcher:
         generation, annotations, labels = metadata.get("generation"), _fingerprint(metadata.get("annotations")), _fingerprint(metadata.get("labels"))
         if not isinstance(generation, int) or generation <= 0 or annotations is None or labels is None:
             return None
-        return generation, annotations, labels
+        return hash((generation, annotations, labels))
 
     def _parse(self, raw: Mapping[str, Any]) -> Parsed | None:
         try:

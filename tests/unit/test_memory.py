@@ -29,11 +29,24 @@ def test_a_release_is_due_after_a_burst_once_the_gateways_have_settled() -> None
     churn[0], settled[0] = 1600, False
     assert not releaser.take()  # enough, but a gateway is still applying it: its garbage is not all free yet
     churn[0], settled[0] = 1650, True
-    assert releaser.take()
+    assert not releaser.take()  # settled, but changes are still going out: a release would stall them
+    assert releaser.take()  # a lull
     assert not releaser.take()  # released: the churn so far is spent
     churn[0] = 1700
     assert not releaser.take()  # life-cycle events: a few kilobytes each
+    assert not releaser.take()
     churn[0] = 2500
+    assert not releaser.take()
+    assert releaser.take()
+
+
+def test_no_release_while_changes_keep_going_out() -> None:
+    churn, now = [0], [0.0]
+    releaser = Releaser(lambda: churn[0], lambda: True, threshold=800, period=60, clock=lambda: now[0])
+    for step in range(1, 200):
+        churn[0], now[0] = step * 1000, step * 2.0
+        assert not releaser.take()  # past both the burst threshold and the period, but never a lull
+    now[0] += 2.0
     assert releaser.take()
 
 
@@ -51,6 +64,7 @@ def test_a_trickle_of_churn_is_released_once_a_period_never_while_idle() -> None
     now[0] = 200.0
     assert not releaser.take()  # idle since: nothing new to release
     churn[0] = 20
+    assert not releaser.take()  # still churning
     assert releaser.take()
     churn[0], now[0] = 30, 230.0
     assert not releaser.take()
