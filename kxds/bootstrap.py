@@ -130,6 +130,12 @@ def bootstrap(xds_address: str, admin_port: int, *, node_id: str = DEFAULT_NODE_
             "lds_config": ads_source,
         },
         "static_resources": {"listeners": [_stats_listener(stats_port)] if stats_port else [], "clusters": clusters},
+        # Envoy's periodic stats flush (every 5 s by default) latches every counter and gauge on the
+        # main thread, which also applies xDS: at 10,000 Knative Services (20,000 clusters) it held
+        # that thread for 0.4-0.6 s each time (measured), so one change in ten waited for it. With
+        # no stats sinks configured the flush feeds nothing: flush only when the admin interface
+        # is read (a Prometheus scrape of /stats/prometheus still sees current values).
+        "stats_flush_on_admin": True,
         "admin": {
             "address": _socket("127.0.0.1", admin_port),
             "access_log": [
