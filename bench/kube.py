@@ -46,12 +46,14 @@ KINDS = ("v1/services", "v1/secrets", "v1/configmaps", "v1/events", "discovery.k
 
 @contextmanager
 def emulated_cluster() -> Iterator[str]:
-    """The emulator on an event loop of its own thread; yields its URL."""
-    loop = asyncio.new_event_loop()
+    """The emulator on an event loop of its own thread; yields its URL. `asyncio.run` cancels the
+    watch streams still open when it stops (left pending, each was reported destroyed at exit)."""
     started, stop = threading.Event(), asyncio.Event()
     url: list[str] = []
+    loops: list[asyncio.AbstractEventLoop] = []
 
     async def serve() -> None:
+        loops.append(asyncio.get_running_loop())
         async with VersionedEmulator() as emulator, Server(emulator) as server:
             for kind in KINDS:
                 emulator.resources[kind] = {"namespaced": True}
@@ -59,13 +61,13 @@ def emulated_cluster() -> Iterator[str]:
             started.set()
             await stop.wait()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
     thread.start()
     started.wait(30)
     try:
         yield url[0]
     finally:
-        loop.call_soon_threadsafe(stop.set)
+        loops[0].call_soon_threadsafe(stop.set)
         thread.join(30)
 
 
