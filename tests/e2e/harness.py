@@ -254,9 +254,14 @@ class ControlPlane:
         return result
 
     def wait_status(self, key: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
-        result: dict[str, Any] = wait_until(
-            lambda: (e := self.ingresses().get(key)) is not None and predicate(e) and e, timeout=timeout, what=f"status of {key}"
-        )
+        try:
+            result: dict[str, Any] = wait_until(
+                lambda: (e := self.ingresses().get(key)) is not None and predicate(e) and e, timeout=timeout, what=f"status of {key}"
+            )
+        except TimeoutError as exc:
+            # What it was instead, and what kxds said last: a timeout alone cannot be diagnosed.
+            tail = self.log_path.read_text(errors="replace").splitlines()[-40:]
+            raise TimeoutError(f"{exc}; now: {self.ingresses().get(key)}; kxds log tail:\n" + "\n".join(tail)) from None
         return result
 
     def stop(self) -> None:
