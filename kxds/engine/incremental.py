@@ -163,6 +163,13 @@ class Engine:
         else:
             self._slices.pop(service, None)
 
+    def take_world(self) -> World:
+        """The world a full translation is about to translate; what is noted from now on is the next
+        rebuild's. Called where changes are noted (the event loop), never from the worker thread
+        that translates: clearing the pending changes there lost a change noted meanwhile."""
+        self._pending = _Pending(full=False)
+        return self.world()
+
     def invalidate(self) -> None:
         """The next rebuild translates everything (a quarantine verdict, a NACK)."""
         self._pending.full = True
@@ -182,7 +189,8 @@ class Engine:
     # Full translation.
 
     def full(self, world: World, serial: int, previous: Snapshot | None, *, incremental: bool = True) -> tuple[GatewayConfig, Snapshot]:
-        """Translate `world` from scratch (reusing cached encodings) and index what it serves."""
+        """Translate `world` from scratch (reusing cached encodings) and index what it serves.
+        `world` comes from `take_world`."""
         config, snapshot = self.translate_all(world, serial, previous, incremental=incremental)
         self.index()
         return config, snapshot
@@ -190,8 +198,8 @@ class Engine:
     def translate_all(self, world: World, serial: int, previous: Snapshot | None, *, incremental: bool = True) -> tuple[GatewayConfig, Snapshot]:
         """`full` without the indexes, which only the next step needs: the caller can publish the
         snapshot first and `index()` after (a step indexes first if it was not). `incremental=False`
-        (a quarantine holds some Ingresses out): the next change is full too."""
-        self._pending = _Pending(full=False)
+        (a quarantine holds some Ingresses out): the next change is full too. Leaves the pending
+        changes alone: `take_world` took those `world` holds, and any noted since are the next step's."""
         config = translate(world, self.gateway, self.cache)
         if self._transform is not None:
             transform = self._transform

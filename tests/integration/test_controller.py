@@ -166,3 +166,41 @@ async def test_a_rebuild_during_a_status_pass_starts_the_next_pass_at_once() -> 
         for task in (rebuilding, statuses):
             task.cancel()
         await asyncio.gather(rebuilding, statuses, return_exceptions=True)
+
+
+async def test_a_change_noted_while_a_full_translation_runs_is_the_next_rebuilds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full translation runs in a worker thread while the event loop keeps noting changes. One
+    noted meanwhile must be translated by the next rebuild: the translation used to clear the
+    engine's pending changes from its thread, and an Ingress created at that moment stayed
+    'Uninitialized' until some later full rebuild (seen in the TLS end-to-end test)."""
+    import threading
+
+    from tests.builders import backend, ingress, path, rule, split
+
+    def parsed(docs: list[dict[str, Any]]) -> dict[ObjectKey, Any]:
+        return {p[0]: p[1] for p in (parse_object(d, FILTERS) for d in docs) if p is not None}
+
+    fleet = Fleet(Snapshot(serial=0, resources={}), Metrics())
+    controller = Controller(fleet, GatewaySettings(), Metrics())
+    controller.apply(parsed([ingress("a", rule(["a.example.com"], path(split("s")))), *backend("s", 8000)]))
+    await controller.rebuild()  # primed: later changes are steps
+    noted, real, slowed = threading.Event(), Controller._translate, []
+
+    def translate_after_a_change(self: Controller, *args: Any) -> Any:
+        if not slowed:
+            slowed.append(True)
+            assert noted.wait(10)  # the change below lands while this translation runs
+        return real(self, *args)
+
+    monkeypatch.setattr(Controller, "_translate", translate_after_a_change)
+    controller._engine.invalidate()  # the next rebuild is a full translation (as after a NACK)
+    rebuilding = asyncio.create_task(controller.rebuild())
+    while not slowed:
+        await asyncio.sleep(0.01)
+    controller.apply(parsed([ingress("b", rule(["b.example.com"], path(split("s"))))]))
+    noted.set()
+    await rebuilding
+    assert (status := controller.status_of("ns/b")) is None or status.reason == "Uninitialized"  # not in that translation
+    await controller.rebuild()
+    status = controller.status_of("ns/b")
+    assert status is not None and status.reason != "Uninitialized", status

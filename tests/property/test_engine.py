@@ -105,7 +105,7 @@ def check(layout: str, steps: list[tuple[str, Any]]) -> int:
             engine.note(f"{item.namespace}/{item.name}", item.kind, before, None)
         step = engine.step(serial, snapshot) if op != "prime" else None
         if step is None:
-            _, snapshot = engine.full(engine.world(), serial, snapshot)
+            _, snapshot = engine.full(engine.take_world(), serial, snapshot)
         else:
             incremental += 1
             snapshot = step.snapshot
