@@ -61,7 +61,7 @@ class Releaser:
     after it: a trickle of churn is released too, at most once every `period` seconds. Never while
     idle, and only in a lull (no churn since the last look): a release walks the whole heap holding
     each arena's lock in turn, 0.8 s at 10,000 Ingresses (measured), and a change that needs the
-    allocator meanwhile waits for it (the benchmark's outliers of 300-600 ms)."""
+    allocator meanwhile would wait for it."""
 
     def __init__(self, churn: Callable[[], int], settled: Callable[[], bool], threshold: int = RELEASE_AFTER_BYTES,
                  period: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:

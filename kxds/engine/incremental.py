@@ -374,7 +374,7 @@ class Engine:
     def _put(self, name: str, built: ClusterEntry, previous: Snapshot, changes: dict[str, dict[str, Resource | None]]) -> None:
         self.cache.clusters[name] = built.cluster
         encoded = self._transform(CLUSTER, built.cluster[1]) if self._transform is not None else built.cluster[1]
-        cluster = Resource.encoded(CLUSTER, encoded, built.needs, built.needs)
+        cluster = Resource.wrapped(CLUSTER, encoded, built.needs, built.needs)  # already Refs: shared, not copied
         _changed(changes[CLUSTER], previous.of_type(CLUSTER), cluster)
         if built.assignment is None:
             self.cache.assignments.pop(name, None)
@@ -382,7 +382,7 @@ class Engine:
                 changes[ENDPOINT][name] = None
             return
         self.cache.assignments[name] = built.assignment
-        _changed(changes[ENDPOINT], previous.of_type(ENDPOINT), Resource.encoded(ENDPOINT, built.assignment[1]))
+        _changed(changes[ENDPOINT], previous.of_type(ENDPOINT), Resource.wrapped(ENDPOINT, built.assignment[1], NONE, NONE))
 
     def _routes(self, before: Entry | None, now: Entry | None, changes: dict[str, dict[str, Resource | None]]) -> None:
         """The Ingress's own route configurations and scopes: the old ones withdrawn, the new in."""
@@ -391,11 +391,12 @@ class Engine:
                 changes[type_url].setdefault(name, None)
         if now is None or now.result is None or not now.outcome.programmed:
             return
+        needs = _clusters_needed(now.result.clusters)  # one for the Ingress's route configurations, as a full translation shares it
         for table in now.result.tables:
             table = self._transform(ROUTE, table) if self._transform is not None else table
-            changes[ROUTE][table.name] = Resource.encoded(ROUTE, table, _clusters_needed(now.result.clusters))
+            changes[ROUTE][table.name] = Resource.wrapped(ROUTE, table, needs, NONE)
         for scope, asks in now.result.scopes:
-            changes[SCOPED_ROUTE][scope.name] = Resource.encoded(SCOPED_ROUTE, scope, NONE, asks)
+            changes[SCOPED_ROUTE][scope.name] = Resource.wrapped(SCOPED_ROUTE, scope, NONE, asks)
 
     def _drop_unchanged(self, changes: dict[str, dict[str, Resource | None]], previous: Snapshot) -> None:
         """Routes and scopes withdrawn and served again unchanged are no change."""
